@@ -1,0 +1,42 @@
+"""Blob storage: opaque, immutable byte strings named by 32-byte ids.
+
+Owns: the ``BlobStore`` interface. Blob backends never see plaintext, keys or
+SQL: they move ciphertext (or signed records) in and out. The local directory
+backend (``local.py``) is the embedded default; an S3-compatible backend can
+implement the same five calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+
+class BlobStore(Protocol):
+    """Five calls and a barrier. All methods are thread-safe."""
+
+    def put(self, blob_id: bytes, data: bytes) -> bool:
+        """Store ``data`` under ``blob_id`` atomically; False if it already existed.
+
+        The blob's bytes are durable on return; its name is durable after
+        :meth:`sync`.
+        """
+        ...
+
+    def get(self, blob_id: bytes) -> bytes:
+        """The blob's bytes; ``NotFoundError`` if absent."""
+        ...
+
+    def exists(self, blob_id: bytes) -> bool: ...
+
+    def delete(self, blob_id: bytes) -> None:
+        """Remove a blob; absent blobs are ignored."""
+        ...
+
+    def list(self) -> Iterator[bytes]:
+        """Every blob id, in no particular order."""
+        ...
+
+    def sync(self) -> None:
+        """Make the names of every blob put so far durable (directory fsync)."""
+        ...

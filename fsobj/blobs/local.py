@@ -1,0 +1,116 @@
+"""The local directory blob backend: one file per blob under ``blobs/xx/``.
+
+Owns: the files below ``<store>/blobs`` and ``<store>/tmp``. Each blob is
+written to a unique temporary file, fsynced, then renamed into place, so a blob
+file is either absent or complete; the directories touched are fsynced by
+:meth:`LocalBlobStore.sync`. Never sees plaintext or SQL.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from fsobj.errors import NoSpaceError, NotFoundError
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    @classmethod
+    def create(cls, root: Path) -> LocalBlobStore:
+        store = cls(root)
+        store.blob_dir.mkdir(parents=True, exist_ok=True)
+        store.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (store.blob_dir / f"{i:02x}").mkdir(exist_ok=True)
+        return store
+
+    def path(self, blob_id: bytes) -> Path:
+        h = blob_id.hex()
+        return self.blob_dir / h[:2] / h
+
+    def _tmp_name(self) -> Path:
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+        return self.tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{n}.tmp"
+
+    def put(self, blob_id: bytes, data: bytes) -> bool:
+        dest = self.path(blob_id)
+        if dest.exists():
+            return False
+        tmp = self._tmp_name()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, dest)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"no space left on the store's device writing blob {blob_id.hex()}") from e
+            raise
+        with self._lock:
+            self._dirty.add(dest.parent.name)
+        return True
+
+    def get(self, blob_id: bytes) -> bytes:
+        try:
+            with open(self.path(blob_id), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {blob_id.hex()} is missing from the store") from None
+
+    def exists(self, blob_id: bytes) -> bool:
+        return self.path(blob_id).exists()
+
+    def delete(self, blob_id: bytes) -> None:
+        try:
+            self.path(blob_id).unlink()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._dirty.add(blob_id.hex()[:2])
+
+    def list(self) -> Iterator[bytes]:
+        for sub in sorted(os.listdir(self.blob_dir)):
+            for name in os.listdir(self.blob_dir / sub):
+                if len(name) == 64:
+                    try:
+                        yield bytes.fromhex(name)
+                    except ValueError:
+                        continue
+
+    def sync(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for name in sorted(dirty):
+            fd = os.open(self.blob_dir / name, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def clean_tmp(self) -> int:
+        """Remove temporary files left by killed writers; returns how many."""
+        n = 0
+        for name in os.listdir(self.tmp_dir):
+            (self.tmp_dir / name).unlink(missing_ok=True)
+            n += 1
+        return n

@@ -1,0 +1,258 @@
+"""The SQLite index: typed queries over the schema in ``schema.py``.
+
+Owns: all SQL in fsobj. Rows are returned as small dataclasses; callers never
+write SQL. One connection per thread (sqlite3 objects must not cross threads);
+WAL mode so readers never block the single writer; ``write()`` takes SQLite's
+write lock up front (``BEGIN IMMEDIATE``), which serialises committing writers
+across threads *and* processes: it is the optimistic lock's critical section.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from fsobj.errors import FormatError
+from fsobj.index.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    hash: bytes
+    partition_id: bytes
+    base_hash: bytes
+    prev_hash: bytes | None
+    seq: int
+    created_us: int
+    length: int
+    tombstone: bool
+    epoch: int
+    author_id: bytes
+    sort_key_ct: bytes
+
+
+@dataclass(frozen=True)
+class HeadRow:
+    base_hash: bytes
+    partition_id: bytes
+    head_hash: bytes
+    sort_key_ct: bytes
+    epoch: int
+    seq: int
+    tombstone: bool
+    length: int
+    created_us: int
+
+
+@dataclass(frozen=True)
+class PartitionRow:
+    partition_id: bytes
+    owner_id: bytes
+    seq: int
+    record_id: bytes
+
+
+_VERSION_COLS = "hash, partition_id, base_hash, prev_hash, seq, created_us, length, tombstone, epoch, author_id, sort_key_ct"
+_HEAD_COLS = "base_hash, partition_id, head_hash, sort_key_ct, epoch, seq, tombstone, length, created_us"
+
+
+def _version(r: tuple) -> VersionRow:
+    return VersionRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
+
+
+def _head(r: tuple) -> HeadRow:
+    return HeadRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8])
+
+
+class Index:
+    """Typed access to ``index.sqlite``; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ connections
+    @property
+    def db(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            db = Database(conn)
+            self._local.db = db
+        return db
+
+    def q(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+        return self.db.execute(sql, tuple(params)).fetchall()
+
+    def create(self) -> None:
+        self.db.conn.executescript(SCHEMA)
+        with self.write():
+            self.db["meta"].upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
+            self.db["meta"].upsert({"key": "generation", "value": "0"}, pk="key")
+
+    def check(self) -> None:
+        """Open an existing index, migrating it forward; refuse newer schemas."""
+        try:
+            rows = self.q("SELECT value FROM meta WHERE key = 'schema'")
+        except sqlite3.DatabaseError as e:
+            raise FormatError(f"index {self.path} is not readable: {e}") from e
+        if not rows:
+            raise FormatError(f"index {self.path} has no schema version")
+        version = int(rows[0][0])
+        if version > SCHEMA_VERSION:
+            raise FormatError(f"index schema {version} is newer than this fsobj ({SCHEMA_VERSION})")
+        while version < SCHEMA_VERSION:
+            version += 1
+            with self.write():
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """A write transaction holding SQLite's write lock from its first statement."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def generation(self) -> int:
+        return int(self.q("SELECT value FROM meta WHERE key = 'generation'")[0][0])
+
+    # ------------------------------------------------------------ partitions
+    def partition(self, partition_id: bytes) -> PartitionRow | None:
+        rows = self.q(
+            "SELECT partition_id, owner_id, seq, record_id FROM partitions WHERE partition_id = ?",
+            [partition_id],
+        )
+        return PartitionRow(*rows[0]) if rows else None
+
+    def partitions(self) -> list[PartitionRow]:
+        return [PartitionRow(*r) for r in self.q("SELECT partition_id, owner_id, seq, record_id FROM partitions")]
+
+    def put_partition(self, row: PartitionRow) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO partitions (partition_id, owner_id, seq, record_id) VALUES (?, ?, ?, ?)",
+            (row.partition_id, row.owner_id, row.seq, row.record_id),
+        )
+
+    def delete_partition(self, partition_id: bytes) -> None:
+        self.db.execute("DELETE FROM partitions WHERE partition_id = ?", (partition_id,))
+
+    # ------------------------------------------------------------ versions and heads
+    def version(self, hash_: bytes) -> VersionRow | None:
+        rows = self.q(f"SELECT {_VERSION_COLS} FROM versions WHERE hash = ?", [hash_])
+        return _version(rows[0]) if rows else None
+
+    def series(self, base_hash: bytes) -> list[VersionRow]:
+        rows = self.q(f"SELECT {_VERSION_COLS} FROM versions WHERE base_hash = ? ORDER BY seq, created_us, hash", [base_hash])
+        return [_version(r) for r in rows]
+
+    def versions_in(self, partition_id: bytes) -> list[VersionRow]:
+        rows = self.q(f"SELECT {_VERSION_COLS} FROM versions WHERE partition_id = ?", [partition_id])
+        return [_version(r) for r in rows]
+
+    def head(self, base_hash: bytes) -> HeadRow | None:
+        rows = self.q(f"SELECT {_HEAD_COLS} FROM heads WHERE base_hash = ?", [base_hash])
+        return _head(rows[0]) if rows else None
+
+    def heads_by_sort_key(self, partition_id: bytes, sealed_keys: list[bytes]) -> list[HeadRow]:
+        marks = ",".join("?" * len(sealed_keys))
+        rows = self.q(
+            f"SELECT {_HEAD_COLS} FROM heads WHERE partition_id = ? AND sort_key_ct IN ({marks})",
+            [partition_id, *sealed_keys],
+        )
+        return [_head(r) for r in rows]
+
+    def heads_in(self, partition_id: bytes) -> list[HeadRow]:
+        rows = self.q(f"SELECT {_HEAD_COLS} FROM heads WHERE partition_id = ?", [partition_id])
+        return [_head(r) for r in rows]
+
+    def count_heads(self, partition_id: bytes, live_only: bool = True) -> int:
+        extra = " AND tombstone = 0" if live_only else ""
+        return self.q(f"SELECT count(*) FROM heads WHERE partition_id = ?{extra}", [partition_id])[0][0]
+
+    def add_version(self, row: VersionRow, blob_refs: Iterable[bytes]) -> None:
+        """Insert a version, make it its series' head, record its blob references."""
+        self.db.execute(
+            f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (row.hash, row.partition_id, row.base_hash, row.prev_hash, row.seq, row.created_us,
+             row.length, int(row.tombstone), row.epoch, row.author_id, row.sort_key_ct),
+        )
+        self.set_head(row)
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO refs (blob_id, version_hash) VALUES (?, ?)",
+            ((b, row.hash) for b in set(blob_refs)),
+        )
+
+    def set_head(self, row: VersionRow) -> None:
+        self.db.execute(
+            f"INSERT OR REPLACE INTO heads ({_HEAD_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            (row.base_hash, row.partition_id, row.hash, row.sort_key_ct, row.epoch, row.seq,
+             int(row.tombstone), row.length, row.created_us),
+        )
+
+    def refs_of(self, version_hash: bytes) -> list[bytes]:
+        return [r[0] for r in self.q("SELECT blob_id FROM refs WHERE version_hash = ?", [version_hash])]
+
+    def is_referenced(self, blob_id: bytes) -> bool:
+        return bool(self.q("SELECT 1 FROM refs WHERE blob_id = ? LIMIT 1", [blob_id]))
+
+    def delete_series(self, base_hash: bytes) -> tuple[list[bytes], list[bytes]]:
+        """Remove a series; returns (its version hashes, payload blobs no longer referenced)."""
+        hashes = [r[0] for r in self.q("SELECT hash FROM versions WHERE base_hash = ?", [base_hash])]
+        candidates: set[bytes] = set()
+        for h in hashes:
+            candidates.update(self.refs_of(h))
+            self.db.execute("DELETE FROM refs WHERE version_hash = ?", (h,))
+        self.db.execute("DELETE FROM versions WHERE base_hash = ?", (base_hash,))
+        self.db.execute("DELETE FROM heads WHERE base_hash = ?", (base_hash,))
+        freed = [b for b in candidates if not self.is_referenced(b)]
+        return hashes, freed
+
+    def delete_partition_rows(self, partition_id: bytes) -> None:
+        """Forget every row of a partition (before rebuilding it from blobs)."""
+        self.db.execute(
+            "DELETE FROM refs WHERE version_hash IN (SELECT hash FROM versions WHERE partition_id = ?)",
+            (partition_id,),
+        )
+        self.db.execute("DELETE FROM versions WHERE partition_id = ?", (partition_id,))
+        self.db.execute("DELETE FROM heads WHERE partition_id = ?", (partition_id,))
+
+    def known_blob_ids(self) -> set[bytes]:
+        """Every blob id the index references (versions, payload refs, partition records)."""
+        known = {r[0] for r in self.q("SELECT hash FROM versions")}
+        known.update(r[0] for r in self.q("SELECT DISTINCT blob_id FROM refs"))
+        known.update(r[0] for r in self.q("SELECT record_id FROM partitions"))
+        return known
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "partitions": self.q("SELECT count(*) FROM partitions")[0][0],
+            "versions": self.q("SELECT count(*) FROM versions")[0][0],
+            "series": self.q("SELECT count(*) FROM heads")[0][0],
+            "payload_blobs": self.q("SELECT count(DISTINCT blob_id) FROM refs")[0][0],
+        }

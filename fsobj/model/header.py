@@ -1,0 +1,218 @@
+"""Object version headers: fields, canonical encoding, absoluteHash, validation.
+
+Owns: the meaning of every header field and the rules a decoded header must
+satisfy (docs/format.md, "Version header"). Pure: no I/O, no keys beyond
+verifying the signatures handed to it.
+
+Terms: a *version* is immutable; its *absoluteHash* is BLAKE3-256 of the
+canonical CBOR of its header body; the first version's absoluteHash is the
+series' *baseHash*, which every later version carries in ``base``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fsobj import crypto
+from fsobj.errors import FormatError, IntegrityError, UsageError
+from fsobj.model import cbor
+
+FORMAT_VERSION = 1
+HEADER_TYPE = "fsobj-version"
+MAX_SORT_KEY_BYTES = 4096
+MAX_INLINE_CHUNKS = 64
+
+FILE_TYPES = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
+
+
+def check_sort_key(sort_key: object) -> str:
+    """A sort key must be a non-empty str, valid UTF-8, without NUL, at most 4096 bytes."""
+    if not isinstance(sort_key, str) or not sort_key:
+        raise UsageError("sort key must be a non-empty string")
+    try:
+        raw = sort_key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError("sort key is not valid UTF-8") from e
+    if "\x00" in sort_key:
+        raise UsageError("sort key must not contain NUL")
+    if len(raw) > MAX_SORT_KEY_BYTES:
+        raise UsageError(f"sort key longer than {MAX_SORT_KEY_BYTES} bytes")
+    return sort_key
+
+
+@dataclass(frozen=True)
+class Posix:
+    """POSIX attributes the mount needs: stored per version, encrypted."""
+
+    type: str = "file"
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    rdev: int = 0
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime": self.mtime_ns,
+            "rdev": self.rdev,
+        }
+
+    @classmethod
+    def from_cbor(cls, d: dict[str, Any]) -> Posix:
+        p = cls(d["type"], d["mode"], d["uid"], d["gid"], d["mtime"], d["rdev"])
+        if p.type not in FILE_TYPES:
+            raise FormatError(f"unknown file type {p.type!r}")
+        return p
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One entry of a chunk list: the blob id and the plaintext length under it."""
+
+    id: bytes
+    length: int
+
+
+@dataclass(frozen=True)
+class VersionHeader:
+    """The signed body of one version (everything hashed into absoluteHash)."""
+
+    partition: bytes
+    author: bytes
+    created_us: int
+    length: int
+    base: bytes | None  # None for the first version of a series
+    prev: bytes | None
+    seq: int  # version number in the series, 1-based
+    sort_key: str
+    headers: tuple[tuple[str, str], ...]
+    checksum: bytes  # BLAKE3-256 of the payload plaintext
+    chunks: tuple[ChunkRef, ...] | None  # inline chunk list, or None if ``tree`` is set
+    tree: tuple[bytes, int] | None  # (root chunk-list id, depth) for large payloads
+    tombstone: bool
+    posix: Posix
+    epoch: int
+    acl: int  # seq of the partition record the author wrote under
+    session: dict[str, Any] = field(default_factory=dict)  # verification header
+
+    # ------------------------------------------------------------ encoding
+    def body(self) -> dict[str, Any]:
+        return {
+            "type": HEADER_TYPE,
+            "v": FORMAT_VERSION,
+            "partition": self.partition,
+            "author": self.author,
+            "created": self.created_us,
+            "length": self.length,
+            "base": self.base,
+            "prev": self.prev,
+            "seq": self.seq,
+            "sort_key": self.sort_key,
+            "headers": [[k, v] for k, v in self.headers],
+            "checksum": self.checksum,
+            "chunks": None if self.chunks is None else [[c.id, c.length] for c in self.chunks],
+            "tree": None if self.tree is None else [self.tree[0], self.tree[1]],
+            "tombstone": self.tombstone,
+            "posix": self.posix.to_cbor(),
+            "epoch": self.epoch,
+            "acl": self.acl,
+            "session": self.session,
+        }
+
+    def encode_body(self) -> bytes:
+        return cbor.encode(self.body())
+
+    def absolute_hash(self) -> bytes:
+        return crypto.hash_bytes(self.encode_body())
+
+    def base_hash(self, absolute_hash: bytes) -> bytes:
+        """The series' baseHash: ``base``, or this version's own hash if it is the first."""
+        return self.base if self.base is not None else absolute_hash
+
+    def with_(self, **changes: Any) -> VersionHeader:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> VersionHeader:
+        if b.get("type") != HEADER_TYPE:
+            raise FormatError("not a version header")
+        if b.get("v") != FORMAT_VERSION:
+            raise FormatError(f"unknown header format version {b.get('v')!r}")
+        try:
+            chunks = b["chunks"]
+            tree = b["tree"]
+            h = cls(
+                partition=b["partition"],
+                author=b["author"],
+                created_us=b["created"],
+                length=b["length"],
+                base=b["base"],
+                prev=b["prev"],
+                seq=b["seq"],
+                sort_key=b["sort_key"],
+                headers=tuple((k, v) for k, v in b["headers"]),
+                checksum=b["checksum"],
+                chunks=None if chunks is None else tuple(ChunkRef(i, n) for i, n in chunks),
+                tree=None if tree is None else (tree[0], tree[1]),
+                tombstone=b["tombstone"],
+                posix=Posix.from_cbor(b["posix"]),
+                epoch=b["epoch"],
+                acl=b["acl"],
+                session=b["session"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"malformed version header: {e}") from e
+        if (h.chunks is None) == (h.tree is None):
+            raise FormatError("version header must have exactly one of chunks/tree")
+        if (h.base is None) != (h.prev is None) or (h.base is None) != (h.seq == 1):
+            raise FormatError("version header base/prev/seq are inconsistent")
+        return h
+
+
+def encode_header_blob(header: VersionHeader, integrity: bytes) -> bytes:
+    """The plaintext of a header blob: the body plus the integrity signature."""
+    return cbor.encode({"body": header.body(), "integrity": integrity})
+
+
+def decode_header_blob(plaintext: bytes, expected_hash: bytes) -> tuple[VersionHeader, bytes]:
+    """Parse a header blob and check its absoluteHash. Returns (header, integrity)."""
+    outer = cbor.decode(plaintext)
+    if not isinstance(outer, dict) or set(outer) != {"body", "integrity"}:
+        raise FormatError("malformed header blob")
+    body_bytes = cbor.encode(outer["body"])
+    if crypto.hash_bytes(body_bytes) != expected_hash:
+        raise IntegrityError(f"version {expected_hash.hex()} does not match its hash")
+    return VersionHeader.from_body(outer["body"]), outer["integrity"]
+
+
+def verify_signatures(header: VersionHeader, absolute_hash: bytes, integrity: bytes, author_sign_pub: bytes) -> None:
+    """Verification header (session cert by author) and integrity header (session sig)."""
+    s = header.session
+    try:
+        key, expires, cert = s["key"], s["expires"], s["sig"]
+    except (KeyError, TypeError) as e:
+        raise IntegrityError(f"version {absolute_hash.hex()} has no verification header") from e
+    what = f"version {absolute_hash.hex()}"
+    crypto.verify_signature(
+        author_sign_pub, cert, crypto.session_message(header.author, key, expires), what + " (session)"
+    )
+    if header.created_us // 1_000_000 > expires:
+        raise IntegrityError(f"{what} was signed with an expired session key")
+    crypto.verify_signature(key, integrity, crypto.SIG_INTEGRITY + absolute_hash, what)
+
+
+def encode_chunk_list(entries: list[ChunkRef]) -> bytes:
+    """A chunk-list node (linked child object of a large payload)."""
+    return cbor.encode({"type": "fsobj-chunk-list", "v": FORMAT_VERSION, "entries": [[c.id, c.length] for c in entries]})
+
+
+def decode_chunk_list(plaintext: bytes) -> list[ChunkRef]:
+    d = cbor.decode(plaintext)
+    if not isinstance(d, dict) or d.get("type") != "fsobj-chunk-list" or d.get("v") != FORMAT_VERSION:
+        raise FormatError("malformed chunk list")
+    return [ChunkRef(i, n) for i, n in d["entries"]]

@@ -1,0 +1,807 @@
+"""The store API: partitions, put/get/versions/list/delete/purge, grants.
+
+Owns: the rules of the object model (docs/design.md): who may do what, how a
+version is built, signed and committed, and how one is read back and verified.
+Delegates bytes to ``fsobj.blobs``, SQL to ``fsobj.index``, crypto to
+``fsobj.crypto`` and payload streaming to ``store.payload``.
+
+Commit protocol (the optimistic lock): payload blobs are written and fsynced
+first, outside any lock; then, inside one ``BEGIN IMMEDIATE`` transaction, the
+series' head is compared with the version the update replaces, the header blob
+is written and fsynced, and the index rows are inserted. A conflict writes no
+header and no row. Concurrency rule: a ``Store`` may be shared by threads; each
+thread gets its own SQLite connection.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from fsobj import crypto
+from fsobj.blobs.local import LocalBlobStore
+from fsobj.errors import (
+    AccessDeniedError,
+    ConflictError,
+    DeletedError,
+    ExistsError,
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    UsageError,
+)
+from fsobj.index import HeadRow, Index, PartitionRow, VersionRow
+from fsobj.model import cbor
+from fsobj.model.header import (
+    Posix,
+    VersionHeader,
+    check_sort_key,
+    decode_header_blob,
+    encode_header_blob,
+    verify_signatures,
+)
+from fsobj.model.partition import (
+    Member,
+    PartitionRecord,
+    check_partition_name,
+    id_object,
+    partition_id,
+)
+from fsobj.store.payload import PayloadIO, Progress, WrittenPayload
+
+STORE_FORMAT = "fsobj-store"
+STORE_VERSION = 1
+MARKER = "fsobj-store.json"
+WORKERS = 4
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class Version:
+    """A verified version: its absoluteHash and decoded header."""
+
+    hash: bytes
+    header: VersionHeader
+
+    @property
+    def base_hash(self) -> bytes:
+        return self.header.base_hash(self.hash)
+
+    @property
+    def sort_key(self) -> str:
+        return self.header.sort_key
+
+    @property
+    def tombstone(self) -> bool:
+        return self.header.tombstone
+
+    @property
+    def length(self) -> int:
+        return self.header.length
+
+    def summary(self) -> dict[str, object]:
+        h = self.header
+        return {
+            "absolute_hash": self.hash.hex(),
+            "base_hash": self.base_hash.hex(),
+            "previous_hash": h.prev.hex() if h.prev else None,
+            "version": h.seq,
+            "sort_key": h.sort_key,
+            "partition_id": h.partition.hex(),
+            "author": h.author.hex(),
+            "created_us": h.created_us,
+            "length": h.length,
+            "tombstone": h.tombstone,
+            "checksum": h.checksum.hex(),
+            "headers": [list(kv) for kv in h.headers],
+            "posix": h.posix.to_cbor(),
+            "epoch": h.epoch,
+        }
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One live object in a listing (from the index alone, no blob reads)."""
+
+    sort_key: str
+    base_hash: bytes
+    head_hash: bytes
+    seq: int
+    length: int
+    created_us: int
+    tombstone: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sort_key": self.sort_key,
+            "base_hash": self.base_hash.hex(),
+            "absolute_hash": self.head_hash.hex(),
+            "version": self.seq,
+            "length": self.length,
+            "created_us": self.created_us,
+            "tombstone": self.tombstone,
+        }
+
+
+@dataclass
+class PartitionView:
+    """A partition as this identity sees it: record, role, the keys it can open."""
+
+    row: PartitionRow
+    record: PartitionRecord
+    name: str | None
+    role: str | None
+    keys: dict[int, crypto.EpochKeys]
+
+    @property
+    def id(self) -> bytes:
+        return self.row.partition_id
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id.hex()
+
+    def current_keys(self) -> crypto.EpochKeys:
+        return self.epoch_keys(self.record.current_epoch)
+
+    def epoch_keys(self, epoch: int) -> crypto.EpochKeys:
+        try:
+            return self.keys[epoch]
+        except KeyError:
+            raise AccessDeniedError(
+                f"no key for epoch {epoch} of partition {self.display_name}: not entitled"
+            ) from None
+
+    def require_read(self) -> None:
+        if self.role is None:
+            raise AccessDeniedError(f"no read access to partition {self.id.hex()[:16]}")
+
+    def require_write(self) -> None:
+        self.require_read()
+        if self.role not in ("owner", "write"):
+            raise AccessDeniedError(f"partition {self.display_name} is read-only for this identity")
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "partition_id": self.id.hex(),
+            "owner": self.record.owner.user_id.hex(),
+            "owner_name": self.record.owner.name,
+            "role": self.role,
+            "epoch": self.record.current_epoch,
+            "record_seq": self.record.seq,
+            "members": [
+                {"user_id": m.user_id.hex(), "name": m.public.name, "role": m.role} for m in self.record.members
+            ],
+        }
+
+
+def is_store(path: Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+class Store:
+    """An open store, acting as one unlocked identity."""
+
+    def __init__(self, root: Path, identity: crypto.Identity) -> None:
+        self.root = Path(root)
+        self.identity = identity
+        self.blobs = LocalBlobStore(self.root)
+        self.index = Index(self.root / "index.sqlite")
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="fsobj-io")
+        self.payloads = PayloadIO(self.blobs, self.pool)
+        self.session = crypto.Session(identity, int(time.time()))
+        self._views: dict[bytes, PartitionView] = {}
+        self._names: dict[tuple[bytes, int, bytes], str] = {}
+        self._listing: dict[bytes, tuple[int, list[ListEntry]]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+    @staticmethod
+    def init(root: Path) -> None:
+        """Create a new, empty store directory."""
+        root = Path(root)
+        if is_store(root):
+            raise ExistsError(f"{root} is already an fsobj store")
+        if root.exists() and any(root.iterdir()):
+            raise ExistsError(f"{root} exists and is not empty")
+        root.mkdir(parents=True, exist_ok=True)
+        LocalBlobStore.create(root)
+        Index(root / "index.sqlite").create()
+        marker = {"format": STORE_FORMAT, "version": STORE_VERSION, "store_id": os.urandom(16).hex()}
+        tmp = root / (MARKER + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(cbor_json(marker))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, root / MARKER)
+
+    @classmethod
+    def open(cls, root: Path, identity: crypto.Identity) -> Store:
+        root = Path(root)
+        check_store(root)
+        store = cls(root, identity)
+        if not store.index.path.exists():
+            store.index.create()  # a deleted index: empty until rebuilt
+        else:
+            store.index.check()
+        return store
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.index.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ partitions
+    def create_partition(self, name: str) -> PartitionView:
+        check_partition_name(name)
+        me = self.identity
+        pid = partition_id(name, me.user_id)
+        epoch_key = os.urandom(32)
+        keys0 = crypto.EpochKeys.from_epoch_key(0, epoch_key)
+        name_sealed = crypto.seal_blob(crypto.KIND_PARTITION, keys0, pid, b"", cbor.encode(id_object(name, me.user_id)))
+        record = PartitionRecord(
+            partition=pid,
+            seq=1,
+            created_us=now_us(),
+            owner=me.public,
+            name_sealed=name_sealed,
+            members=[],
+            epochs=[{me.user_id: crypto.wrap_key(me.public, pid, 0, epoch_key)}],
+        )
+        record.history = [record.history_entry()]
+        blob = record.signed_blob(me)
+        record_id = crypto.hash_bytes(blob)
+        with self.index.write():
+            if self.index.partition(pid) is not None:
+                raise ExistsError(f"partition {name!r} already exists")
+            self.blobs.put(record_id, blob)
+            self.blobs.sync()
+            self.index.put_partition(PartitionRow(pid, me.user_id, 1, record_id))
+        return self.partition(pid)
+
+    def partition(self, ref: str | bytes) -> PartitionView:
+        """A partition by id (bytes or 64 hex), ``name`` (own first) or ``name@owner-prefix``."""
+        pid = self._resolve(ref)
+        row = self.index.partition(pid)
+        if row is None:
+            raise NotFoundError(f"no partition {_show(ref)}")
+        with self._lock:
+            view = self._views.get(pid)
+            if view is not None and view.row.record_id == row.record_id:
+                return view
+        view = self._load_view(row)
+        with self._lock:
+            self._views[pid] = view
+        return view
+
+    def _resolve(self, ref: str | bytes) -> bytes:
+        if isinstance(ref, bytes):
+            return ref
+        if len(ref) == 64:
+            try:
+                pid = bytes.fromhex(ref)
+                if self.index.partition(pid) is not None:
+                    return pid
+            except ValueError:
+                pass
+        name, _, owner_prefix = ref.partition("@")
+        own = partition_id(name, self.identity.user_id)
+        if not owner_prefix and self.index.partition(own) is not None:
+            return own
+        matches = [
+            v.id
+            for v in self.partitions()
+            if v.name == name and v.record.owner.user_id.hex().startswith(owner_prefix)
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"partition name {ref!r} is ambiguous: add @<owner id prefix>")
+        raise NotFoundError(f"no partition {ref!r} readable by this identity")
+
+    def _load_view(self, row: PartitionRow) -> PartitionView:
+        record = PartitionRecord.from_blob(self.blobs.get(row.record_id), row.record_id)
+        if record.partition != row.partition_id or record.seq != row.seq:
+            raise IntegrityError(f"partition record {row.record_id.hex()} does not match the index")
+        me = self.identity.user_id
+        role = record.role_of(me)
+        keys: dict[int, crypto.EpochKeys] = {}
+        for epoch, wraps in enumerate(record.epochs):
+            if me in wraps:
+                raw = self.identity.unwrap(record.partition, epoch, wraps[me])
+                keys[epoch] = crypto.EpochKeys.from_epoch_key(epoch, raw)
+        name = None
+        if 0 in keys:
+            plain = crypto.open_blob(record.name_sealed, crypto.KIND_PARTITION, keys[0], record.partition, b"")
+            ido = cbor.decode(plain)
+            if crypto.hash_bytes(cbor.encode(ido)) != record.partition or ido.get("owner") != record.owner.user_id:
+                raise IntegrityError(f"partition {record.partition.hex()}: ID object does not hash to its id")
+            name = ido["name"]
+        if role is None:
+            keys = {}  # an ex-member keeps no access through this API
+        return PartitionView(row, record, name, role, keys)
+
+    def partitions(self) -> list[PartitionView]:
+        """Partitions this identity can read, own ones first, then by name."""
+        views = []
+        for row in self.index.partitions():
+            try:
+                v = self.partition(row.partition_id)
+            except (IntegrityError, FormatError):
+                continue
+            if v.role is not None:
+                views.append(v)
+        views.sort(key=lambda v: (v.role != "owner", v.name or "", v.id))
+        return views
+
+    def grant(self, ref: str | bytes, grantee: crypto.PublicIdentity, role: str) -> PartitionView:
+        if role not in ("read", "write"):
+            raise UsageError("role must be 'read' or 'write'")
+        grantee.check()
+        view = self._owner_view(ref)
+        if grantee.user_id == self.identity.user_id:
+            raise UsageError("the owner already has every right")
+        rec = view.record
+        members = [m for m in rec.members if m.user_id != grantee.user_id] + [Member(grantee, role)]
+        epochs = [dict(e) for e in rec.epochs]
+        for epoch, wraps in enumerate(epochs):
+            if epoch in view.keys:
+                raw = self.identity.unwrap(rec.partition, epoch, wraps[self.identity.user_id])
+                wraps[grantee.user_id] = crypto.wrap_key(grantee, rec.partition, epoch, raw)
+        return self._replace_record(view, members, epochs)
+
+    def revoke(self, ref: str | bytes, user: str) -> PartitionView:
+        """Remove a member (by user id prefix or name) and rotate the partition key."""
+        view = self._owner_view(ref)
+        rec = view.record
+        gone = [m for m in rec.members if m.user_id.hex().startswith(user) or m.public.name == user]
+        if not gone:
+            raise NotFoundError(f"{user!r} is not a member of partition {view.display_name}")
+        if len(gone) > 1:
+            raise UsageError(f"{user!r} matches several members: give more of the user id")
+        members = [m for m in rec.members if m.user_id != gone[0].user_id]
+        epochs = [{u: w for u, w in e.items() if u != gone[0].user_id} for e in rec.epochs]
+        new_epoch = len(epochs)
+        new_key = os.urandom(32)
+        epochs.append(
+            {
+                m.user_id: crypto.wrap_key(m.public, rec.partition, new_epoch, new_key)
+                for m in [Member(self.identity.public, "owner"), *members]
+            }
+        )
+        return self._replace_record(view, members, epochs)
+
+    def _owner_view(self, ref: str | bytes) -> PartitionView:
+        view = self.partition(ref)
+        if view.role != "owner":
+            raise AccessDeniedError(f"only the owner of partition {view.display_name} can do this")
+        return view
+
+    def _replace_record(self, view: PartitionView, members: list[Member], epochs: list[dict[bytes, bytes]]) -> PartitionView:
+        old = view.record
+        rec = PartitionRecord(
+            partition=old.partition,
+            seq=old.seq + 1,
+            created_us=now_us(),
+            owner=old.owner,
+            name_sealed=old.name_sealed,
+            members=members,
+            epochs=epochs,
+            history=list(old.history),
+        )
+        rec.history.append(rec.history_entry())
+        blob = rec.signed_blob(self.identity)
+        record_id = crypto.hash_bytes(blob)
+        with self.index.write():
+            row = self.index.partition(old.partition)
+            if row is None or row.seq != old.seq:
+                raise ConflictError("the partition record changed meanwhile; retry")
+            self.blobs.put(record_id, blob)
+            self.blobs.sync()
+            self.index.put_partition(PartitionRow(old.partition, old.owner.user_id, rec.seq, record_id))
+        return self.partition(old.partition)
+
+    # ------------------------------------------------------------ reading
+    def load_version(self, hash_: bytes, view: PartitionView | None = None) -> Version:
+        """Fetch, decrypt and verify one version header by absoluteHash."""
+        if view is None:
+            row = self.index.version(hash_)
+            if row is None:
+                raise NotFoundError(f"no version {hash_.hex()}")
+            view = self.partition(row.partition_id)
+        view.require_read()
+        try:
+            blob = self.blobs.get(hash_)
+        except NotFoundError as e:
+            raise IntegrityError(f"header blob of version {hash_.hex()} is missing") from e
+        kind, epoch = crypto.envelope_epoch(blob, hash_)
+        keys = view.epoch_keys(epoch)
+        plain = crypto.open_blob(blob, crypto.KIND_HEADER, keys, view.id, hash_)
+        header, integrity = decode_header_blob(plain, hash_)
+        self._check_header(view, header, hash_, integrity, epoch)
+        return Version(hash_, header)
+
+    def _check_header(self, view: PartitionView, h: VersionHeader, hash_: bytes, integrity: bytes, epoch: int) -> None:
+        what = f"version {hash_.hex()}"
+        if h.partition != view.id or h.epoch != epoch:
+            raise IntegrityError(f"{what} does not belong to partition {view.display_name}")
+        if h.author not in view.record.writers_at(h.acl):
+            raise IntegrityError(f"{what} was written by {h.author.hex()[:16]}, who had no write access")
+        verify_signatures(h, hash_, integrity, view.record.public_of(h.author).sign_pub)
+
+    def get(self, partition: str | bytes, sort_key: str) -> Version:
+        """The latest version of the live object with this sort key."""
+        view = self.partition(partition)
+        head = self._head_for_key(view, sort_key, live_only=False)
+        version = self.load_version(head.head_hash, view)
+        if version.tombstone:
+            raise DeletedError(f"{sort_key!r} in {view.display_name} was deleted", version.hash)
+        return version
+
+    def get_hash(self, hash_: bytes) -> Version:
+        """An absoluteHash gives that version; a baseHash gives its series' latest."""
+        if self.index.version(hash_) is not None:
+            return self.load_version(hash_)
+        head = self.index.head(hash_)
+        if head is None:
+            raise NotFoundError(f"no version or object with hash {hash_.hex()}")
+        return self.load_version(head.head_hash)
+
+    def _head_for_key(self, view: PartitionView, sort_key: str, live_only: bool) -> HeadRow:
+        check_sort_key(sort_key)
+        view.require_read()
+        sealed = [k.seal_sort_key(view.id, sort_key) for k in view.keys.values()]
+        heads = self.index.heads_by_sort_key(view.id, sealed)
+        live = [h for h in heads if not h.tombstone]
+        if len(live) > 1:
+            raise UsageError(
+                f"{len(live)} live objects share sort key {sort_key!r}: name one by hash "
+                f"({', '.join(h.head_hash.hex()[:16] for h in live)})"
+            )
+        if live:
+            return live[0]
+        if heads and not live_only:
+            newest = max(heads, key=lambda h: (h.created_us, h.head_hash))
+            return newest
+        raise NotFoundError(f"no object {sort_key!r} in partition {view.display_name}")
+
+    def open_payload(self, version: Version, progress: Progress | None = None) -> Iterator[bytes]:
+        view = self.partition(version.header.partition)
+        return self.payloads.iter_payload(version.header, view.epoch_keys(version.header.epoch), progress)
+
+    def read_bytes(self, version: Version) -> bytes:
+        return b"".join(self.open_payload(version))
+
+    def sort_key_of(self, view: PartitionView, epoch: int, sealed: bytes) -> str:
+        cache_key = (view.id, epoch, sealed)
+        name = self._names.get(cache_key)
+        if name is None:
+            name = view.epoch_keys(epoch).open_sort_key(view.id, sealed)
+            self._names[cache_key] = name
+        return name
+
+    def list(
+        self,
+        partition: str | bytes,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int | None = None,
+        include_deleted: bool = False,
+    ) -> list[ListEntry]:
+        """Objects in sort-key order (ties by absoluteHash)."""
+        view = self.partition(partition)
+        view.require_read()
+        entries = self._sorted_entries(view)
+        if not include_deleted:
+            entries = [e for e in entries if not e.tombstone]
+        out = []
+        for e in entries:
+            if prefix and not e.sort_key.startswith(prefix):
+                continue
+            if after is not None and e.sort_key.encode() <= after.encode():
+                continue
+            out.append(e)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _sorted_entries(self, view: PartitionView) -> list[ListEntry]:
+        gen = self.index.generation()
+        cached = self._listing.get(view.id)
+        if cached and cached[0] == gen:
+            return cached[1]
+        entries = [
+            ListEntry(self.sort_key_of(view, h.epoch, h.sort_key_ct), h.base_hash, h.head_hash, h.seq, h.length,
+                      h.created_us, h.tombstone)
+            for h in self.index.heads_in(view.id)
+        ]
+        entries.sort(key=lambda e: (e.sort_key.encode("utf-8"), e.head_hash))
+        self._listing[view.id] = (gen, entries)
+        return entries
+
+    def log(self, partition: str | bytes, sort_key: str) -> list[Version]:
+        """Every version of the object with this sort key, oldest first."""
+        view = self.partition(partition)
+        head = self._head_for_key(view, sort_key, live_only=False)
+        return self.history(head.base_hash, view)
+
+    def history(self, base_hash: bytes, view: PartitionView | None = None) -> list[Version]:
+        return [self.load_version(r.hash, view) for r in self.index.series(base_hash)]
+
+    # ------------------------------------------------------------ writing
+    def put(
+        self,
+        partition: str | bytes,
+        sort_key: str,
+        source: BinaryIO | bytes | None,
+        *,
+        headers: Iterable[tuple[str, str]] | None = None,
+        expect: bytes | None = None,
+        new: bool = False,
+        posix: Posix | None = None,
+        progress: Progress | None = None,
+    ) -> Version:
+        """A new object, or a new version of the live object with this sort key.
+
+        ``expect`` names the version this update replaces (optimistic lock); it
+        defaults to the head seen when the call starts. ``new`` always starts a
+        new series (two live objects may then share a sort key). ``headers``
+        None keeps the previous version's user headers.
+        """
+        view = self.partition(partition)
+        view.require_write()
+        check_sort_key(sort_key)
+        prev = self._expected_head(view, sort_key, expect, new)
+        return self.commit(
+            view, prev, sort_key=sort_key, source=source, headers=headers, posix=posix, progress=progress,
+            exclusive=not new,
+        )
+
+    def _expected_head(self, view: PartitionView, sort_key: str, expect: bytes | None, new: bool) -> Version | None:
+        if new:
+            return None
+        if expect is not None:
+            row = self.index.version(expect)
+            if row is None:
+                head = self.index.head(expect)  # a baseHash is accepted as "its current head"
+                if head is None:
+                    raise NotFoundError(f"no version {expect.hex()} to replace")
+                raise ConflictError(
+                    f"--expect must name a version (absoluteHash); the head of that object is {head.head_hash.hex()}",
+                    head.head_hash,
+                )
+            return self.load_version(expect, view)
+        try:
+            head = self._head_for_key(view, sort_key, live_only=True)
+        except NotFoundError:
+            return None
+        return self.load_version(head.head_hash, view)
+
+    def update(self, version: Version, **changes: object) -> Version:
+        """A new version of ``version``'s series (fails if it is not the head)."""
+        view = self.partition(version.header.partition)
+        view.require_write()
+        return self.commit(view, version, **changes)  # type: ignore[arg-type]
+
+    def delete(self, partition: str | bytes, sort_key: str, expect: bytes | None = None) -> Version:
+        """Logical delete: a tombstone version."""
+        view = self.partition(partition)
+        view.require_write()
+        prev = self._expected_head(view, sort_key, expect, new=False)
+        if prev is None:
+            raise NotFoundError(f"no object {sort_key!r} in partition {view.display_name}")
+        if prev.tombstone:
+            raise DeletedError(f"{sort_key!r} is already deleted", prev.hash)
+        return self.commit(view, prev, source=None, tombstone=True)
+
+    def commit(
+        self,
+        view: PartitionView,
+        prev: Version | None,
+        *,
+        sort_key: str | None = None,
+        source: BinaryIO | bytes | None | object = ...,
+        headers: Iterable[tuple[str, str]] | None = None,
+        posix: Posix | None = None,
+        tombstone: bool = False,
+        progress: Progress | None = None,
+        exclusive: bool = False,
+    ) -> Version:
+        """Build, sign and commit one version replacing ``prev`` (None: a new series).
+
+        ``source=...`` (the default) keeps ``prev``'s payload without rewriting it.
+        ``exclusive`` (new series only): fail if a live object with this sort key
+        appeared meanwhile, instead of creating a tie.
+        """
+        view.require_write()
+        keys = view.current_keys()
+        if sort_key is None:
+            if prev is None:
+                raise UsageError("a new object needs a sort key")
+            sort_key = prev.sort_key
+        check_sort_key(sort_key)
+        payload = self._payload_for(view, prev, source, keys, progress)
+        ph = prev.header if prev is not None else None
+        header = VersionHeader(
+            partition=view.id,
+            author=self.identity.user_id,
+            created_us=now_us(),
+            length=payload.length,
+            base=prev.base_hash if prev else None,
+            prev=prev.hash if prev else None,
+            seq=ph.seq + 1 if ph else 1,
+            sort_key=sort_key,
+            headers=tuple(headers) if headers is not None else (ph.headers if ph else ()),
+            checksum=payload.checksum,
+            chunks=payload.chunks,
+            tree=payload.tree,
+            tombstone=tombstone,
+            posix=posix or (ph.posix if ph else Posix(mtime_ns=time.time_ns())),
+            epoch=keys.epoch,
+            acl=view.record.seq,
+            session=self.session.verification(),
+        )
+        for k, v in header.headers:
+            if not isinstance(k, str) or not isinstance(v, str) or not k:
+                raise UsageError("user headers must be non-empty string keys with string values")
+        return self._commit_header(view, prev, header, keys, payload.refs, exclusive)
+
+    def _payload_for(
+        self,
+        view: PartitionView,
+        prev: Version | None,
+        source: object,
+        keys: crypto.EpochKeys,
+        progress: Progress | None,
+    ) -> WrittenPayload:
+        if source is ... and prev is not None and prev.header.epoch == keys.epoch:
+            h = prev.header
+            return WrittenPayload(h.length, h.checksum, h.chunks, h.tree, self.index.refs_of(prev.hash))
+        if source is ...:
+            # the key rotated since prev: re-encrypt its payload under the new epoch
+            assert prev is not None
+            source = _IterReader(self.open_payload(prev))
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(bytes(source))
+        return self.payloads.write(source, keys, view.id, progress)  # type: ignore[arg-type]
+
+    def _commit_header(
+        self,
+        view: PartitionView,
+        prev: Version | None,
+        header: VersionHeader,
+        keys: crypto.EpochKeys,
+        refs: list[bytes],
+        exclusive: bool,
+    ) -> Version:
+        hash_ = header.absolute_hash()
+        blob = crypto.seal_blob(
+            crypto.KIND_HEADER, keys, view.id, hash_, encode_header_blob(header, self.session.sign_integrity(hash_))
+        )
+        sealed_key = keys.seal_sort_key(view.id, header.sort_key)
+        row = VersionRow(
+            hash_, view.id, header.base_hash(hash_), header.prev, header.seq, header.created_us, header.length,
+            header.tombstone, keys.epoch, header.author, sealed_key,
+        )
+        self.blobs.sync()  # names of the payload blobs are durable before the header names them
+        with self.index.write():
+            self._check_lock(view, prev, header.sort_key if exclusive and prev is None else None)
+            self.blobs.put(hash_, blob)
+            self.blobs.sync()
+            self.index.add_version(row, refs)
+        return Version(hash_, header)
+
+    def _check_lock(self, view: PartitionView, prev: Version | None, new_key: str | None) -> None:
+        """Inside the write transaction: the series must still be at ``prev``;
+        for an exclusive new object, no live object may have taken ``new_key``."""
+        if self.index.partition(view.id) is None:
+            raise NotFoundError(f"partition {view.display_name} was removed")
+        if new_key is not None:
+            sealed = [k.seal_sort_key(view.id, new_key) for k in view.keys.values()]
+            live = [h for h in self.index.heads_by_sort_key(view.id, sealed) if not h.tombstone]
+            if live:
+                raise ConflictError(
+                    f"{new_key!r} was created meanwhile: current version is {live[0].head_hash.hex()}",
+                    live[0].head_hash,
+                )
+        if prev is not None:
+            head = self.index.head(prev.base_hash)
+            if head is None:
+                raise ConflictError(f"{prev.sort_key!r} was purged meanwhile")
+            if head.head_hash != prev.hash:
+                raise ConflictError(
+                    f"{prev.sort_key!r} changed: current version is {head.head_hash.hex()}, "
+                    f"not {prev.hash.hex()}",
+                    head.head_hash,
+                )
+
+    def purge(self, partition: str | bytes, sort_key: str) -> tuple[int, int]:
+        """Physically delete every version of a series (owner only).
+
+        Returns (versions removed, payload blobs freed). Blobs still referenced
+        by another version are kept.
+        """
+        view = self.partition(partition)
+        if view.role != "owner":
+            raise AccessDeniedError(f"only the owner of {view.display_name} can purge")
+        head = self._head_for_key(view, sort_key, live_only=False)
+        return self.purge_series(head.base_hash)
+
+    def purge_series(self, base_hash: bytes) -> tuple[int, int]:
+        with self.index.write():
+            hashes, freed = self.index.delete_series(base_hash)
+        for b in [*hashes, *freed]:
+            self.blobs.delete(b)
+        self.blobs.sync()
+        return len(hashes), len(freed)
+
+
+class _IterReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def cbor_json(d: dict[str, object]) -> str:
+    import json
+
+    return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+
+def check_store(root: Path) -> dict[str, object]:
+    """The store marker, or a clear error if ``root`` is not a store of a known format."""
+    import json
+
+    marker = Path(root) / MARKER
+    if not Path(root).is_dir():
+        raise NotFoundError(f"store {root} does not exist")
+    try:
+        doc = json.loads(marker.read_text())
+    except FileNotFoundError:
+        raise FormatError(f"{root} is not an fsobj store (no {MARKER}); create one with 'fsobj init'") from None
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{root}: unreadable store marker: {e}") from e
+    if doc.get("format") != STORE_FORMAT:
+        raise FormatError(f"{root} is not an fsobj store")
+    if doc.get("version") != STORE_VERSION:
+        raise FormatError(f"{root}: store format version {doc.get('version')} is not supported (this fsobj reads {STORE_VERSION})")
+    return doc
+
+
+def _show(ref: str | bytes) -> str:
+    return ref.hex() if isinstance(ref, bytes) else repr(ref)
+
+
+Callback = Callable[[int], None]

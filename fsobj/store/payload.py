@@ -1,0 +1,186 @@
+"""Payload streams: chunk, identify, encrypt and store; fetch, verify and decrypt.
+
+Owns: the pipeline between a byte stream and the chunk blobs of one version,
+including the chunk-list tree of large payloads (linked child objects). Work
+per chunk (keyed hash, AES-GCM, blob write + fsync) runs in a shared thread
+pool with a bounded window, so memory stays at ``window x MAX_SIZE`` whatever
+the payload size. Never touches SQL.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from fsobj import chunking, crypto
+from fsobj.blobs import BlobStore
+from fsobj.errors import IntegrityError, NotFoundError
+from fsobj.model.header import (
+    MAX_INLINE_CHUNKS,
+    ChunkRef,
+    VersionHeader,
+    decode_chunk_list,
+    encode_chunk_list,
+)
+
+TREE_FANOUT = 1024
+WINDOW = 8  # chunks in flight per stream (write) and read-ahead (read)
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class WrittenPayload:
+    length: int
+    checksum: bytes
+    chunks: tuple[ChunkRef, ...] | None
+    tree: tuple[bytes, int] | None
+    refs: list[bytes] = field(default_factory=list)  # every payload blob id (chunks + nodes)
+    new_blobs: int = 0
+    new_bytes: int = 0  # bytes of blob data actually written (after dedup)
+
+
+class PayloadIO:
+    """Reads and writes payloads of one partition epoch."""
+
+    def __init__(self, blobs: BlobStore, pool: ThreadPoolExecutor) -> None:
+        self.blobs = blobs
+        self.pool = pool
+
+    # ------------------------------------------------------------ writing
+    def _store(self, kind: int, keys: crypto.EpochKeys, pid: bytes, data: bytes) -> tuple[bytes, int]:
+        blob_id = keys.chunk_id(data)
+        if self.blobs.exists(blob_id):
+            return blob_id, 0
+        blob = crypto.seal_blob(kind, keys, pid, blob_id, data)
+        return blob_id, len(blob) if self.blobs.put(blob_id, blob) else 0
+
+    def write(
+        self, stream: BinaryIO | None, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None = None
+    ) -> WrittenPayload:
+        """Store the payload read from ``stream`` (None = empty)."""
+        hasher = crypto.new_hasher()
+        pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
+        result = WrittenPayload(0, b"", None, None)
+        chunks: list[ChunkRef] = []
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                n, fut = pending.popleft()
+                blob_id, written = fut.result()
+                chunks.append(ChunkRef(blob_id, n))
+                if written:
+                    result.new_blobs += 1
+                    result.new_bytes += written
+
+        try:
+            if stream is not None:
+                for data in chunking.split_stream(stream, keys.cdc_seed):
+                    hasher.update(data)
+                    result.length += len(data)
+                    pending.append((len(data), self.pool.submit(self._store, crypto.KIND_CHUNK, keys, pid, data)))
+                    drain(WINDOW)
+                    if progress:
+                        progress(len(data))
+            drain(0)
+        finally:
+            for _, fut in pending:  # on error: wait so no worker writes after we return
+                fut.cancel()
+                try:
+                    fut.result()
+                except Exception:
+                    pass
+        result.checksum = hasher.digest()
+        result.refs = [c.id for c in chunks]
+        if len(chunks) <= MAX_INLINE_CHUNKS:
+            result.chunks = tuple(chunks)
+        else:
+            result.tree = self._build_tree(chunks, keys, pid, result)
+        return result
+
+    def _build_tree(
+        self, level: list[ChunkRef], keys: crypto.EpochKeys, pid: bytes, result: WrittenPayload
+    ) -> tuple[bytes, int]:
+        depth = 0
+        while True:
+            depth += 1
+            nodes: list[ChunkRef] = []
+            for i in range(0, len(level), TREE_FANOUT):
+                entries = level[i : i + TREE_FANOUT]
+                node_id, written = self._store(crypto.KIND_CHUNK_LIST, keys, pid, encode_chunk_list(entries))
+                result.refs.append(node_id)
+                if written:
+                    result.new_blobs += 1
+                    result.new_bytes += written
+                nodes.append(ChunkRef(node_id, sum(e.length for e in entries)))
+            if len(nodes) == 1:
+                return nodes[0].id, depth
+            level = nodes
+
+    # ------------------------------------------------------------ reading
+    def chunk_refs(self, header: VersionHeader, keys: crypto.EpochKeys) -> list[ChunkRef]:
+        """The full chunk list of a version, expanding the chunk-list tree."""
+        if header.chunks is not None:
+            return list(header.chunks)
+        assert header.tree is not None
+        root, depth = header.tree
+        level = [ChunkRef(root, header.length)]
+        for _ in range(depth):
+            nxt: list[ChunkRef] = []
+            for node in level:
+                plain = self._open(crypto.KIND_CHUNK_LIST, keys, header.partition, node.id)
+                entries = decode_chunk_list(plain)
+                if sum(e.length for e in entries) != node.length:
+                    raise IntegrityError(f"chunk list {node.id.hex()} does not add up to its length")
+                nxt.extend(entries)
+            level = nxt
+        return level
+
+    def _open(self, kind: int, keys: crypto.EpochKeys, pid: bytes, blob_id: bytes) -> bytes:
+        try:
+            blob = self.blobs.get(blob_id)
+        except NotFoundError as e:
+            raise IntegrityError(f"payload blob {blob_id.hex()} is missing") from e
+        plain = crypto.open_blob(blob, kind, keys, pid, blob_id)
+        if keys.chunk_id(plain) != blob_id:
+            raise IntegrityError(f"payload blob {blob_id.hex()} does not match its id")
+        return plain
+
+    def read_chunk(self, ref: ChunkRef, keys: crypto.EpochKeys, pid: bytes) -> bytes:
+        plain = self._open(crypto.KIND_CHUNK, keys, pid, ref.id)
+        if len(plain) != ref.length:
+            raise IntegrityError(f"chunk {ref.id.hex()} has the wrong length")
+        return plain
+
+    def iter_payload(
+        self, header: VersionHeader, keys: crypto.EpochKeys, progress: Progress | None = None
+    ) -> Iterator[bytes]:
+        """Yield the verified plaintext, chunk by chunk, with read-ahead."""
+        refs = self.chunk_refs(header, keys)
+        hasher = crypto.new_hasher()
+        total = 0
+        window: collections.deque[Future[bytes]] = collections.deque()
+        it = iter(refs)
+        try:
+            for ref in it:
+                window.append(self.pool.submit(self.read_chunk, ref, keys, header.partition))
+                if len(window) >= WINDOW:
+                    break
+            while window:
+                data = window.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(self.pool.submit(self.read_chunk, nxt, keys, header.partition))
+                hasher.update(data)
+                total += len(data)
+                if progress:
+                    progress(len(data))
+                yield data
+        finally:
+            for fut in window:
+                fut.cancel()
+        if total != header.length or hasher.digest() != header.checksum:
+            raise IntegrityError("payload does not match the checksum in its header")
