@@ -99,7 +99,7 @@ class ExistsError(FsobjError):
 
 
 class VerifyFailed(FsobjError):
-    """``fsobj verify`` found at least one fault."""
+    """fsobj verify found at least one fault."""
 
     exit_code = 12
     errno = _errno.EIO

@@ -13,7 +13,7 @@ from typing import Protocol
 
 
 class BlobStore(Protocol):
-    """Five calls and a barrier. All methods are thread-safe."""
+    """Blob calls and a barrier. All methods are thread-safe."""
 
     def put(self, blob_id: bytes, data: bytes) -> bool:
         """Store ``data`` under ``blob_id`` atomically; False if it already existed.
@@ -28,6 +28,14 @@ class BlobStore(Protocol):
         ...
 
     def exists(self, blob_id: bytes) -> bool: ...
+
+    def peek(self, blob_id: bytes, n: int) -> bytes:
+        """The first ``n`` bytes of a blob (an envelope head) without reading it all."""
+        ...
+
+    def stat(self, blob_id: bytes) -> tuple[int, float]:
+        """(size in bytes, modification time) of a blob; ``NotFoundError`` if absent."""
+        ...
 
     def delete(self, blob_id: bytes) -> None:
         """Remove a blob; absent blobs are ignored."""

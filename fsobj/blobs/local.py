@@ -80,6 +80,20 @@ class LocalBlobStore:
     def exists(self, blob_id: bytes) -> bool:
         return self.path(blob_id).exists()
 
+    def peek(self, blob_id: bytes, n: int) -> bytes:
+        try:
+            with open(self.path(blob_id), "rb") as f:
+                return f.read(n)
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {blob_id.hex()} is missing from the store") from None
+
+    def stat(self, blob_id: bytes) -> tuple[int, float]:
+        try:
+            st = self.path(blob_id).stat()
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {blob_id.hex()} is missing from the store") from None
+        return st.st_size, st.st_mtime
+
     def delete(self, blob_id: bytes) -> None:
         try:
             self.path(blob_id).unlink()
@@ -108,9 +122,22 @@ class LocalBlobStore:
                 os.close(fd)
 
     def clean_tmp(self) -> int:
-        """Remove temporary files left by killed writers; returns how many."""
+        """Remove temporary files left by writers that no longer run; returns how many."""
         n = 0
         for name in os.listdir(self.tmp_dir):
+            pid = name.split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
             (self.tmp_dir / name).unlink(missing_ok=True)
             n += 1
         return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

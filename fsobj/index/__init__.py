@@ -60,7 +60,9 @@ class PartitionRow:
     record_id: bytes
 
 
-_VERSION_COLS = "hash, partition_id, base_hash, prev_hash, seq, created_us, length, tombstone, epoch, author_id, sort_key_ct"
+_VERSION_COLS = (
+    "hash, partition_id, base_hash, prev_hash, seq, created_us, length, tombstone, epoch, author_id, sort_key_ct"
+)
 _HEAD_COLS = "base_hash, partition_id, head_hash, sort_key_ct, epoch, seq, tombstone, length, created_us"
 
 
@@ -139,6 +141,17 @@ class Index:
             conn.execute("ROLLBACK")
             raise
 
+    def get_meta(self, key: str) -> str | None:
+        rows = self.q("SELECT value FROM meta WHERE key = ?", [key])
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Inside a write transaction: set (or with None, remove) a meta fact."""
+        if value is None:
+            self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def generation(self) -> int:
         return int(self.q("SELECT value FROM meta WHERE key = 'generation'")[0][0])
 
@@ -168,7 +181,9 @@ class Index:
         return _version(rows[0]) if rows else None
 
     def series(self, base_hash: bytes) -> list[VersionRow]:
-        rows = self.q(f"SELECT {_VERSION_COLS} FROM versions WHERE base_hash = ? ORDER BY seq, created_us, hash", [base_hash])
+        rows = self.q(
+            f"SELECT {_VERSION_COLS} FROM versions WHERE base_hash = ? ORDER BY seq, created_us, hash", [base_hash]
+        )
         return [_version(r) for r in rows]
 
     def versions_in(self, partition_id: bytes) -> list[VersionRow]:
@@ -199,8 +214,19 @@ class Index:
         """Insert a version, make it its series' head, record its blob references."""
         self.db.execute(
             f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (row.hash, row.partition_id, row.base_hash, row.prev_hash, row.seq, row.created_us,
-             row.length, int(row.tombstone), row.epoch, row.author_id, row.sort_key_ct),
+            (
+                row.hash,
+                row.partition_id,
+                row.base_hash,
+                row.prev_hash,
+                row.seq,
+                row.created_us,
+                row.length,
+                int(row.tombstone),
+                row.epoch,
+                row.author_id,
+                row.sort_key_ct,
+            ),
         )
         self.set_head(row)
         self.db.conn.executemany(
@@ -211,8 +237,17 @@ class Index:
     def set_head(self, row: VersionRow) -> None:
         self.db.execute(
             f"INSERT OR REPLACE INTO heads ({_HEAD_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
-            (row.base_hash, row.partition_id, row.hash, row.sort_key_ct, row.epoch, row.seq,
-             int(row.tombstone), row.length, row.created_us),
+            (
+                row.base_hash,
+                row.partition_id,
+                row.hash,
+                row.sort_key_ct,
+                row.epoch,
+                row.seq,
+                int(row.tombstone),
+                row.length,
+                row.created_us,
+            ),
         )
 
     def refs_of(self, version_hash: bytes) -> list[bytes]:

@@ -60,6 +60,8 @@ STORE_FORMAT = "fsobj-store"
 STORE_VERSION = 1
 MARKER = "fsobj-store.json"
 WORKERS = 4
+#: meta key present while the index may miss versions that the blobs hold
+INCOMPLETE = "incomplete"
 
 
 def now_us() -> int:
@@ -232,7 +234,10 @@ class Store:
         check_store(root)
         store = cls(root, identity)
         if not store.index.path.exists():
-            store.index.create()  # a deleted index: empty until rebuilt
+            # A deleted index: empty until rebuilt; gc must not run on it.
+            store.index.create()
+            with store.index.write():
+                store.index.set_meta(INCOMPLETE, "index was recreated empty; run 'fsobj verify --rebuild-index'")
         else:
             store.index.check()
         return store
@@ -305,15 +310,14 @@ class Store:
         if not owner_prefix and self.index.partition(own) is not None:
             return own
         matches = [
-            v.id
-            for v in self.partitions()
-            if v.name == name and v.record.owner.user_id.hex().startswith(owner_prefix)
+            v.id for v in self.partitions() if v.name == name and v.record.owner.user_id.hex().startswith(owner_prefix)
         ]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             raise UsageError(f"partition name {ref!r} is ambiguous: add @<owner id prefix>")
-        raise NotFoundError(f"no partition {ref!r} readable by this identity")
+        hint = self.index.get_meta(INCOMPLETE)
+        raise NotFoundError(f"no partition {ref!r} readable by this identity" + (f" ({hint})" if hint else ""))
 
     def _load_view(self, row: PartitionRow) -> PartitionView:
         record = PartitionRecord.from_blob(self.blobs.get(row.record_id), row.record_id)
@@ -393,7 +397,9 @@ class Store:
             raise AccessDeniedError(f"only the owner of partition {view.display_name} can do this")
         return view
 
-    def _replace_record(self, view: PartitionView, members: list[Member], epochs: list[dict[bytes, bytes]]) -> PartitionView:
+    def _replace_record(
+        self, view: PartitionView, members: list[Member], epochs: list[dict[bytes, bytes]]
+    ) -> PartitionView:
         old = view.record
         rec = PartitionRecord(
             partition=old.partition,
@@ -430,7 +436,7 @@ class Store:
             blob = self.blobs.get(hash_)
         except NotFoundError as e:
             raise IntegrityError(f"header blob of version {hash_.hex()} is missing") from e
-        kind, epoch = crypto.envelope_epoch(blob, hash_)
+        _kind, epoch = crypto.envelope_epoch(blob, hash_)
         keys = view.epoch_keys(epoch)
         plain = crypto.open_blob(blob, crypto.KIND_HEADER, keys, view.id, hash_)
         header, integrity = decode_header_blob(plain, hash_)
@@ -527,8 +533,15 @@ class Store:
         if cached and cached[0] == gen:
             return cached[1]
         entries = [
-            ListEntry(self.sort_key_of(view, h.epoch, h.sort_key_ct), h.base_hash, h.head_hash, h.seq, h.length,
-                      h.created_us, h.tombstone)
+            ListEntry(
+                self.sort_key_of(view, h.epoch, h.sort_key_ct),
+                h.base_hash,
+                h.head_hash,
+                h.seq,
+                h.length,
+                h.created_us,
+                h.tombstone,
+            )
             for h in self.index.heads_in(view.id)
         ]
         entries.sort(key=lambda e: (e.sort_key.encode("utf-8"), e.head_hash))
@@ -569,7 +582,13 @@ class Store:
         check_sort_key(sort_key)
         prev = self._expected_head(view, sort_key, expect, new)
         return self.commit(
-            view, prev, sort_key=sort_key, source=source, headers=headers, posix=posix, progress=progress,
+            view,
+            prev,
+            sort_key=sort_key,
+            source=source,
+            headers=headers,
+            posix=posix,
+            progress=progress,
             exclusive=not new,
         )
 
@@ -616,7 +635,7 @@ class Store:
         prev: Version | None,
         *,
         sort_key: str | None = None,
-        source: BinaryIO | bytes | None | object = ...,
+        source: BinaryIO | bytes | object | None = ...,
         headers: Iterable[tuple[str, str]] | None = None,
         posix: Posix | None = None,
         tombstone: bool = False,
@@ -696,8 +715,17 @@ class Store:
         )
         sealed_key = keys.seal_sort_key(view.id, header.sort_key)
         row = VersionRow(
-            hash_, view.id, header.base_hash(hash_), header.prev, header.seq, header.created_us, header.length,
-            header.tombstone, keys.epoch, header.author, sealed_key,
+            hash_,
+            view.id,
+            header.base_hash(hash_),
+            header.prev,
+            header.seq,
+            header.created_us,
+            header.length,
+            header.tombstone,
+            keys.epoch,
+            header.author,
+            sealed_key,
         )
         self.blobs.sync()  # names of the payload blobs are durable before the header names them
         with self.index.write():
@@ -726,8 +754,7 @@ class Store:
                 raise ConflictError(f"{prev.sort_key!r} was purged meanwhile")
             if head.head_hash != prev.hash:
                 raise ConflictError(
-                    f"{prev.sort_key!r} changed: current version is {head.head_hash.hex()}, "
-                    f"not {prev.hash.hex()}",
+                    f"{prev.sort_key!r} changed: current version is {head.head_hash.hex()}, not {prev.hash.hex()}",
                     head.head_hash,
                 )
 
@@ -796,7 +823,9 @@ def check_store(root: Path) -> dict[str, object]:
     if doc.get("format") != STORE_FORMAT:
         raise FormatError(f"{root} is not an fsobj store")
     if doc.get("version") != STORE_VERSION:
-        raise FormatError(f"{root}: store format version {doc.get('version')} is not supported (this fsobj reads {STORE_VERSION})")
+        raise FormatError(
+            f"{root}: store format version {doc.get('version')} is not supported (this fsobj reads {STORE_VERSION})"
+        )
     return doc
 
 

@@ -123,21 +123,27 @@ class PayloadIO:
     # ------------------------------------------------------------ reading
     def chunk_refs(self, header: VersionHeader, keys: crypto.EpochKeys) -> list[ChunkRef]:
         """The full chunk list of a version, expanding the chunk-list tree."""
+        return self.expand(header, keys)[0]
+
+    def expand(self, header: VersionHeader, keys: crypto.EpochKeys) -> tuple[list[ChunkRef], list[bytes]]:
+        """(chunk list, ids of the chunk-list nodes walked to get it)."""
         if header.chunks is not None:
-            return list(header.chunks)
+            return list(header.chunks), []
         assert header.tree is not None
         root, depth = header.tree
         level = [ChunkRef(root, header.length)]
+        nodes: list[bytes] = []
         for _ in range(depth):
             nxt: list[ChunkRef] = []
             for node in level:
+                nodes.append(node.id)
                 plain = self._open(crypto.KIND_CHUNK_LIST, keys, header.partition, node.id)
                 entries = decode_chunk_list(plain)
                 if sum(e.length for e in entries) != node.length:
                     raise IntegrityError(f"chunk list {node.id.hex()} does not add up to its length")
                 nxt.extend(entries)
             level = nxt
-        return level
+        return level, nodes
 
     def _open(self, kind: int, keys: crypto.EpochKeys, pid: bytes, blob_id: bytes) -> bytes:
         try:
