@@ -129,14 +129,24 @@ class EpochKeys:
 # ---------------------------------------------------------------- blob envelope
 
 
+ENVELOPE_OVERHEAD = ENVELOPE_HEAD_LEN + TAG_LEN  # 39 bytes per encrypted blob
+
+
+def seal_blob_parts(
+    kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes, plaintext: bytes | memoryview
+) -> list[bytes]:
+    """Encrypt ``plaintext`` into a blob envelope bound to its partition and id,
+    as [head, ciphertext] so big blobs are written without one more copy."""
+    nonce = os.urandom(NONCE_LEN)
+    head = _ENV_HEAD.pack(MAGIC, ENVELOPE_VERSION, kind, ALG_AES256GCM, keys.epoch) + nonce
+    return [head, AESGCM(keys.blob_key).encrypt(nonce, plaintext, head + partition_id + blob_id)]
+
+
 def seal_blob(
     kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes, plaintext: bytes | memoryview
 ) -> bytes:
-    """Encrypt ``plaintext`` into a blob envelope bound to its partition and id."""
-    nonce = os.urandom(NONCE_LEN)
-    head = _ENV_HEAD.pack(MAGIC, ENVELOPE_VERSION, kind, ALG_AES256GCM, keys.epoch) + nonce
-    ct = AESGCM(keys.blob_key).encrypt(nonce, bytes(plaintext), head + partition_id + blob_id)
-    return head + ct
+    """:func:`seal_blob_parts`, joined."""
+    return b"".join(seal_blob_parts(kind, keys, partition_id, blob_id, plaintext))
 
 
 def envelope_epoch(blob: bytes, blob_id: bytes) -> tuple[int, int]:
@@ -162,7 +172,7 @@ def open_blob(
     nonce = head[_ENV_HEAD.size :]
     try:
         return AESGCM(keys.blob_key).decrypt(
-            nonce, blob[ENVELOPE_HEAD_LEN:], head + partition_id + blob_id
+            nonce, memoryview(blob)[ENVELOPE_HEAD_LEN:], head + partition_id + blob_id
         )
     except InvalidTag as e:
         raise IntegrityError(f"blob {blob_id.hex()} failed authentication") from e
@@ -192,7 +202,7 @@ def open_signed_blob(blob: bytes, blob_id: bytes) -> bytes:
 def verify_signature(sign_pub: bytes, signature: bytes, message: bytes, what: str) -> None:
     try:
         Ed25519PublicKey.from_public_bytes(sign_pub).verify(signature, message)
-    except (InvalidSignature, ValueError) as e:
+    except (InvalidSignature, ValueError, TypeError) as e:
         raise IntegrityError(f"bad signature on {what}") from e
 
 
@@ -324,11 +334,12 @@ def seal_with_passphrase(secret: bytes, passphrase: str, ad: bytes) -> dict[str,
 def open_with_passphrase(box: dict[str, object], passphrase: str, ad: bytes) -> bytes:
     try:
         kdf = box["kdf"]
-        assert isinstance(kdf, dict) and kdf["alg"] == "scrypt"
+        if not isinstance(kdf, dict) or kdf["alg"] != "scrypt":
+            raise ValueError("unknown passphrase KDF")
         key = passphrase_key(passphrase, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
         nonce = bytes.fromhex(str(box["nonce"]))
         sealed = bytes.fromhex(str(box["sealed"]))
-    except (KeyError, AssertionError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise IdentityError("identity file is malformed") from e
     try:
         return AESGCM(key).decrypt(nonce, sealed, ad)

@@ -78,25 +78,28 @@ def verify(store: Store, tick: Tick | None = None) -> Report:
 def _verify_version(
     store: Store, view: PartitionView, vrow: VersionRow, report: Report, seen: set[bytes], tick: Tick | None
 ) -> None:
+    """Header, signatures, index row; then the payload once per distinct checksum."""
     what = f"version {vrow.hash.hex()}"
     try:
         v = store.load_version(vrow.hash, view)
         _compare_row(store, view, v, vrow)
         keys = view.epoch_keys(v.header.epoch)
         refs = store.payloads.chunk_refs(v.header, keys)
-        total = 0
-        for ref in refs:
-            total += ref.length
-            if ref.id in seen:
-                continue
-            store.payloads.read_chunk(ref, keys, view.id)
-            seen.add(ref.id)
-            report.payload_blobs += 1
-            report.bytes_checked += ref.length
-            if tick:
-                tick(ref.length)
-        if total != v.header.length:
-            raise IntegrityError(f"{what}: chunks add up to {total} bytes, header says {v.header.length}")
+        if sum(r.length for r in refs) != v.header.length:
+            raise IntegrityError(f"{what}: chunk lengths do not add up to the header's length")
+        if v.header.checksum not in seen:
+            hasher = crypto.new_hasher()
+            for ref in refs:
+                hasher.update(store.payloads.read_chunk(ref, keys, view.id))
+                if ref.id not in seen:
+                    seen.add(ref.id)
+                    report.payload_blobs += 1
+                    report.bytes_checked += ref.length
+                    if tick:
+                        tick(ref.length)
+            if hasher.digest() != v.header.checksum:
+                raise IntegrityError(f"{what}: payload does not match the checksum in its header")
+            seen.add(v.header.checksum)
         report.versions += 1
     except FsobjError as e:
         report.faults.append(f"{what} ({view.display_name}): {e}")

@@ -8,18 +8,19 @@ implement the same five calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 
 class BlobStore(Protocol):
     """Blob calls and a barrier. All methods are thread-safe."""
 
-    def put(self, blob_id: bytes, data: bytes) -> bool:
-        """Store ``data`` under ``blob_id`` atomically; False if it already existed.
+    def put(self, blob_id: bytes, data: bytes | Sequence[bytes], fsync: bool = True, replace: bool = False) -> bool:
+        """Store ``data`` (bytes, or parts to concatenate) under ``blob_id``
+        atomically; False if it already existed (unless ``replace``).
 
-        The blob's bytes are durable on return; its name is durable after
-        :meth:`sync`.
+        With ``fsync`` the blob's bytes are durable on return and its name after
+        :meth:`sync`; without, both after :meth:`sync_all`.
         """
         ...
 
@@ -47,4 +48,8 @@ class BlobStore(Protocol):
 
     def sync(self) -> None:
         """Make the names of every blob put so far durable (directory fsync)."""
+        ...
+
+    def sync_all(self) -> None:
+        """Make every blob put so far durable, also those put without fsync."""
         ...

@@ -8,13 +8,20 @@ file is either absent or complete; the directories touched are fsynced by
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fsobj.errors import NoSpaceError, NotFoundError
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms fall back to os.sync()
+    _LIBC = None
 
 
 class LocalBlobStore:
@@ -45,19 +52,20 @@ class LocalBlobStore:
             n = self._counter
         return self.tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{n}.tmp"
 
-    def put(self, blob_id: bytes, data: bytes) -> bool:
+    def put(self, blob_id: bytes, data: bytes | Sequence[bytes], fsync: bool = True, replace: bool = False) -> bool:
+        """Atomic write (temp file + rename). ``fsync=False`` defers durability
+        to :meth:`sync_all` (group commit); ``replace`` overwrites a damaged copy."""
         dest = self.path(blob_id)
-        if dest.exists():
+        if not replace and dest.exists():
             return False
+        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         tmp = self._tmp_name()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
+                _write_all(fd, parts)
+                if fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, dest)
@@ -121,6 +129,20 @@ class LocalBlobStore:
             finally:
                 os.close(fd)
 
+    def sync_all(self) -> None:
+        """Make every blob written so far durable, data and names (syncfs)."""
+        fd = os.open(self.blob_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _LIBC is not None and _LIBC.syncfs(fd) == 0:
+                with self._lock:
+                    self._dirty.clear()
+                return
+        finally:
+            os.close(fd)
+        os.sync()
+        with self._lock:
+            self._dirty.clear()
+
     def clean_tmp(self) -> int:
         """Remove temporary files left by writers that no longer run; returns how many."""
         n = 0
@@ -131,6 +153,17 @@ class LocalBlobStore:
             (self.tmp_dir / name).unlink(missing_ok=True)
             n += 1
         return n
+
+
+def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> None:
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
 
 
 def _alive(pid: int) -> bool:

@@ -25,6 +25,59 @@ MAX_INLINE_CHUNKS = 64
 
 FILE_TYPES = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
 
+_POSIX_KEYS = frozenset({"type", "mode", "uid", "gid", "mtime", "rdev"})
+_BODY_KEYS = frozenset(
+    {"type", "v", "partition", "author", "created", "length", "base", "prev", "seq", "sort_key", "headers",
+     "checksum", "chunks", "tree", "tombstone", "posix", "epoch", "acl", "session"}
+)
+
+
+def _is_uint(x: object) -> bool:
+    """A CBOR unsigned integer (``bool`` is not an integer here)."""
+    return type(x) is int and x >= 0
+
+
+def _is_id(x: object) -> bool:
+    """A 32-byte hash or blob id."""
+    return type(x) is bytes and len(x) == crypto.HASH_LEN
+
+
+def _is_ref(x: object) -> bool:
+    """A ``[id, length]`` pair (chunk-list entry or tree root)."""
+    return isinstance(x, list) and len(x) == 2 and _is_id(x[0]) and _is_uint(x[1])
+
+
+def _check_body(b: dict[str, Any]) -> None:
+    """Exact field set and CBOR type of every field (docs/format.md, "Version header")."""
+    if set(b) != _BODY_KEYS:
+        raise FormatError("version header has missing or unknown fields")
+    ok = (
+        _is_id(b["partition"])
+        and _is_id(b["author"])
+        and _is_uint(b["created"])
+        and _is_uint(b["length"])
+        and (b["base"] is None or _is_id(b["base"]))
+        and (b["prev"] is None or _is_id(b["prev"]))
+        and _is_uint(b["seq"])
+        and b["seq"] >= 1
+        and isinstance(b["headers"], list)
+        and all(isinstance(kv, list) and len(kv) == 2 and all(isinstance(x, str) for x in kv) for kv in b["headers"])
+        and _is_id(b["checksum"])
+        and (b["chunks"] is None or (isinstance(b["chunks"], list) and all(_is_ref(c) for c in b["chunks"])))
+        and (b["tree"] is None or (_is_ref(b["tree"]) and b["tree"][1] >= 1))
+        and type(b["tombstone"]) is bool
+        and _is_uint(b["epoch"])
+        and b["epoch"] < 2**32
+        and _is_uint(b["acl"])
+        and isinstance(b["session"], dict)
+    )
+    if not ok:
+        raise FormatError("malformed version header: a field has the wrong type")
+    try:
+        check_sort_key(b["sort_key"])
+    except UsageError as e:
+        raise FormatError(f"malformed version header: {e}") from e
+
 
 def check_sort_key(sort_key: object) -> str:
     """A sort key must be a non-empty str, valid UTF-8, without NUL, at most 4096 bytes."""
@@ -64,9 +117,13 @@ class Posix:
 
     @classmethod
     def from_cbor(cls, d: dict[str, Any]) -> Posix:
+        if not isinstance(d, dict) or set(d) != _POSIX_KEYS:
+            raise FormatError("malformed POSIX attributes")
         p = cls(d["type"], d["mode"], d["uid"], d["gid"], d["mtime"], d["rdev"])
         if p.type not in FILE_TYPES:
             raise FormatError(f"unknown file type {p.type!r}")
+        if not (all(_is_uint(x) for x in (p.mode, p.uid, p.gid, p.rdev)) and type(p.mtime_ns) is int):
+            raise FormatError("malformed POSIX attributes")
         return p
 
 
@@ -139,10 +196,11 @@ class VersionHeader:
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> VersionHeader:
-        if b.get("type") != HEADER_TYPE:
+        if not isinstance(b, dict) or b.get("type") != HEADER_TYPE:
             raise FormatError("not a version header")
         if b.get("v") != FORMAT_VERSION:
             raise FormatError(f"unknown header format version {b.get('v')!r}")
+        _check_body(b)
         try:
             chunks = b["chunks"]
             tree = b["tree"]
@@ -184,6 +242,8 @@ def decode_header_blob(plaintext: bytes, expected_hash: bytes) -> tuple[VersionH
     outer = cbor.decode(plaintext)
     if not isinstance(outer, dict) or set(outer) != {"body", "integrity"}:
         raise FormatError("malformed header blob")
+    if not isinstance(outer["body"], dict) or type(outer["integrity"]) is not bytes:
+        raise FormatError("malformed header blob")
     body_bytes = cbor.encode(outer["body"])
     if crypto.hash_bytes(body_bytes) != expected_hash:
         raise IntegrityError(f"version {expected_hash.hex()} does not match its hash")
@@ -198,6 +258,8 @@ def verify_signatures(header: VersionHeader, absolute_hash: bytes, integrity: by
     except (KeyError, TypeError) as e:
         raise IntegrityError(f"version {absolute_hash.hex()} has no verification header") from e
     what = f"version {absolute_hash.hex()}"
+    if not (type(key) is bytes and _is_uint(expires) and expires < 2**64 and type(cert) is bytes):
+        raise IntegrityError(f"{what} has a malformed verification header")
     crypto.verify_signature(
         author_sign_pub, cert, crypto.session_message(header.author, key, expires), what + " (session)"
     )
@@ -215,4 +277,7 @@ def decode_chunk_list(plaintext: bytes) -> list[ChunkRef]:
     d = cbor.decode(plaintext)
     if not isinstance(d, dict) or d.get("type") != "fsobj-chunk-list" or d.get("v") != FORMAT_VERSION:
         raise FormatError("malformed chunk list")
-    return [ChunkRef(i, n) for i, n in d["entries"]]
+    entries = d.get("entries")
+    if set(d) != {"type", "v", "entries"} or not isinstance(entries, list) or not all(_is_ref(e) for e in entries):
+        raise FormatError("malformed chunk list")
+    return [ChunkRef(i, n) for i, n in entries]

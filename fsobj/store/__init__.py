@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -59,7 +60,7 @@ from fsobj.store.payload import PayloadIO, Progress, WrittenPayload
 STORE_FORMAT = "fsobj-store"
 STORE_VERSION = 1
 MARKER = "fsobj-store.json"
-WORKERS = 4
+WORKERS = 6
 #: meta key present while the index may miss versions that the blobs hold
 INCOMPLETE = "incomplete"
 
@@ -207,6 +208,7 @@ class Store:
         self._names: dict[tuple[bytes, int, bytes], str] = {}
         self._listing: dict[bytes, tuple[int, list[ListEntry]]] = {}
         self._lock = threading.Lock()
+        self._tls = threading.local()
 
     # ------------------------------------------------------------ lifecycle
     @staticmethod
@@ -679,7 +681,7 @@ class Store:
         for k, v in header.headers:
             if not isinstance(k, str) or not isinstance(v, str) or not k:
                 raise UsageError("user headers must be non-empty string keys with string values")
-        return self._commit_header(view, prev, header, keys, payload.refs, exclusive)
+        return self._commit_header(view, prev, header, keys, payload.refs, exclusive, payload.new_blobs)
 
     def _payload_for(
         self,
@@ -708,6 +710,7 @@ class Store:
         keys: crypto.EpochKeys,
         refs: list[bytes],
         exclusive: bool,
+        new_blobs: int,
     ) -> Version:
         hash_ = header.absolute_hash()
         blob = crypto.seal_blob(
@@ -727,13 +730,60 @@ class Store:
             header.author,
             sealed_key,
         )
-        self.blobs.sync()  # names of the payload blobs are durable before the header names them
+        pending = getattr(self._tls, "batch", None)
+        if pending is not None:
+            self.blobs.put(hash_, blob, fsync=False)
+            pending.append(_Pending(view, prev, header.sort_key if exclusive and prev is None else None, row, refs))
+            return Version(hash_, header)
+        if new_blobs:
+            self.blobs.sync_all()  # payload blobs are durable before a header names them
         with self.index.write():
             self._check_lock(view, prev, header.sort_key if exclusive and prev is None else None)
             self.blobs.put(hash_, blob)
             self.blobs.sync()
             self.index.add_version(row, refs)
         return Version(hash_, header)
+
+    # ------------------------------------------------------------ group commit
+    def _batching(self) -> bool:
+        return getattr(self._tls, "batch", None) is not None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit for this thread: versions committed inside become durable
+        and visible together at exit (one ``syncfs`` and one transaction).
+
+        If any of them conflicts, none is committed and ``ConflictError`` is
+        raised at exit. A batch must not update the same object twice. Nested
+        batches join the outer one.
+        """
+        if self._batching():
+            yield
+            return
+        pending: list[_Pending] = []
+        self._tls.batch = pending
+        try:
+            yield
+        except BaseException:
+            self._tls.batch = None
+            self._discard(pending)
+            raise
+        self._tls.batch = None
+        try:
+            self.blobs.sync_all()
+            with self.index.write():
+                for p in pending:
+                    self._check_lock(p.view, p.prev, p.new_key)
+                    self.index.add_version(p.row, p.refs)
+        except BaseException:
+            self._discard(pending)
+            raise
+
+    def _discard(self, pending: list[_Pending]) -> None:
+        """Remove the header blobs of versions that were never committed."""
+        for p in pending:
+            self.blobs.delete(p.row.hash)
+        self.blobs.sync()
 
     def _check_lock(self, view: PartitionView, prev: Version | None, new_key: str | None) -> None:
         """Inside the write transaction: the series must still be at ``prev``;
@@ -777,6 +827,17 @@ class Store:
             self.blobs.delete(b)
         self.blobs.sync()
         return len(hashes), len(freed)
+
+
+@dataclass
+class _Pending:
+    """A version waiting in a group commit."""
+
+    view: PartitionView
+    prev: Version | None
+    new_key: str | None
+    row: VersionRow
+    refs: list[bytes]
 
 
 class _IterReader(io.RawIOBase):

@@ -1,0 +1,273 @@
+"""``fsobj bench``: the store's performance figures, measured in one run.
+
+Owns: the benchmark scenarios and their report. Every throughput figure is
+paired with a baseline measured in the same run on the same disk (``cp`` +
+``sync`` for writes, ``cat`` for reads), and reported as a ratio, because the
+machines it runs on are shared and noisy. Page-cache effects are removed by
+dropping caches before cold reads when running as root.
+
+Runs the CLI in subprocesses for the big-file figures (so peak RSS is the real
+process's, via ``wait4``), and the library in-process for lookups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import blake3
+
+from fsobj import identity as identity_files
+from fsobj.store import Store
+
+MIB = 1024 * 1024
+PASS = "bench-passphrase"
+
+
+def _drop_caches() -> bool:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _run(cmd: list[str], env: dict[str, str], stdout: Any = subprocess.DEVNULL) -> tuple[float, int]:
+    """Run a command; (wall seconds, peak RSS in KiB of that process)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip()}")
+    return elapsed, usage.ru_maxrss
+
+
+def _blob_usage(store_dir: Path) -> tuple[int, int]:
+    """(number of blob files, total bytes) under the store's blobs/."""
+    n = size = 0
+    for sub in os.scandir(store_dir / "blobs"):
+        for e in os.scandir(sub.path):
+            n += 1
+            size += e.stat().st_size
+    return n, size
+
+
+def _make_file(path: Path, size: int, seed: bytes = b"fsobj bench") -> None:
+    """Incompressible, non-repeating content (BLAKE3 XOF), so nothing dedups by accident."""
+    xof = blake3.blake3(seed)
+    with open(path, "wb") as f:
+        for offset in range(0, size, 4 * MIB):
+            f.write(xof.digest(min(4 * MIB, size - offset), seek=offset))
+
+
+class Bench:
+    def __init__(self, workdir: Path, log: TextIO) -> None:
+        self.dir = workdir
+        self.log = log
+        self.store_dir = workdir / "store"
+        self.ident_path = workdir / "identity.json"
+        self.env = dict(
+            os.environ, FSOBJ_PASSPHRASE=PASS, FSOBJ_IDENTITY=str(self.ident_path), FSOBJ_STORE=str(self.store_dir)
+        )
+        self.fsobj = [sys.executable, "-m", "fsobj"]
+        self.cache_dropped = False
+
+    def say(self, msg: str) -> None:
+        print(f"bench: {msg}", file=self.log, flush=True)
+
+    def setup(self) -> None:
+        Store.init(self.store_dir)
+        identity_files.create(self.ident_path, "bench", PASS)
+        _run([*self.fsobj, "partition", "create", "bench"], self.env)
+
+    def cold(self) -> None:
+        self.cache_dropped = _drop_caches()
+
+    # ------------------------------------------------------------ big file
+    def big_file(self, size_mib: int) -> dict[str, Any]:
+        src = self.dir / "src.bin"
+        self.say(f"writing a {size_mib} MiB source file")
+        _make_file(src, size_mib * MIB)
+        size = src.stat().st_size
+        dst = self.dir / "copy.bin"
+        self.cold()
+        t_cp, _ = _run(["sh", "-c", f"cp '{src}' '{dst}' && sync"], self.env)
+        self.cold()
+        t_cat, _ = _run(["cat", str(dst)], self.env)
+        dst.unlink()
+        self.say("fsobj put / get")
+        self.cold()
+        _n0, b0 = _blob_usage(self.store_dir)
+        t_put, rss_put = _run([*self.fsobj, "put", "bench", "big", str(src)], self.env)
+        n1, b1 = _blob_usage(self.store_dir)
+        self.cold()
+        t_get, rss_get = _run([*self.fsobj, "get", "bench", "big"], self.env)
+        # identical content again: only a header blob may be new
+        t_reput, _ = _run([*self.fsobj, "put", "bench", "big", str(src)], self.env)
+        n2, b2 = _blob_usage(self.store_dir)
+        # 1 MiB changed in the middle
+        with open(src, "r+b") as f:
+            f.seek(size // 2)
+            f.write(random.Random(2).randbytes(MIB))
+        t_edit, _ = _run([*self.fsobj, "put", "bench", "big", str(src)], self.env)
+        _n3, b3 = _blob_usage(self.store_dir)
+        src.unlink()
+        mbs = lambda t: size / MIB / t  # noqa: E731
+        return {
+            "size_bytes": size,
+            "cp_sync_MiB_s": round(mbs(t_cp), 1),
+            "cat_MiB_s": round(mbs(t_cat), 1),
+            "put_MiB_s": round(mbs(t_put), 1),
+            "get_MiB_s": round(mbs(t_get), 1),
+            "put_vs_cp": round(t_cp / t_put, 2),
+            "get_vs_cat": round(t_cat / t_get, 2),
+            "first_put_new_blob_bytes": b1 - b0,
+            "identical_reput_new_blobs": n2 - n1,
+            "identical_reput_new_chunk_blobs": max(0, n2 - n1 - 1),
+            "identical_reput_s": round(t_reput, 2),
+            "edit_1MiB_new_blob_bytes": b3 - b2,
+            "edit_1MiB_put_s": round(t_edit, 2),
+            "put_peak_rss_MiB": round(rss_put / 1024, 1),
+            "get_peak_rss_MiB": round(rss_get / 1024, 1),
+        }
+
+    def rss(self, size_mib: int) -> dict[str, Any]:
+        src = self.dir / "rss.bin"
+        self.say(f"peak RSS with a {size_mib} MiB file")
+        _make_file(src, size_mib * MIB)
+        _, rss_put = _run([*self.fsobj, "put", "bench", "rss", str(src)], self.env)
+        src.unlink()
+        _, rss_get = _run([*self.fsobj, "get", "bench", "rss"], self.env)
+        _run([*self.fsobj, "purge", "--yes", "bench", "rss"], self.env)
+        return {
+            "size_bytes": size_mib * MIB,
+            "put_peak_rss_MiB": round(rss_put / 1024, 1),
+            "get_peak_rss_MiB": round(rss_get / 1024, 1),
+        }
+
+    # ------------------------------------------------------------ many objects
+    def many(self, count: int) -> dict[str, Any]:
+        self.say(f"creating {count} objects")
+        ident = identity_files.load(self.ident_path, PASS)
+        keys = [f"obj/{i:08d}" for i in range(count)]
+        shuffled = keys[:]
+        random.Random(3).shuffle(shuffled)
+        t0 = time.perf_counter()
+        with Store.open(self.store_dir, ident) as store:
+            store.create_partition("many")
+            for i in range(0, count, 5000):
+                with store.batch():
+                    for k in shuffled[i : i + 5000]:
+                        store.put("many", k, k.encode())
+        t_create = time.perf_counter() - t0
+        self.cold()
+        with Store.open(self.store_dir, ident) as store:
+            t0 = time.perf_counter()
+            page = store.list("many", after=keys[count // 2], limit=1000)
+            t_list_cold = time.perf_counter() - t0
+            assert [e.sort_key for e in page] == keys[count // 2 + 1 : count // 2 + 1001]
+            probes = random.Random(4).sample(keys, min(200, count))
+            t_key, t_base, t_list = [], [], []
+            for k in probes:
+                t0 = time.perf_counter()
+                v = store.get("many", k)
+                t_key.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                store.get_hash(v.base_hash)
+                t_base.append(time.perf_counter() - t0)
+            for k in probes[:50]:
+                t0 = time.perf_counter()
+                store.list("many", after=k, limit=1000)
+                t_list.append(time.perf_counter() - t0)
+        ms = lambda xs: round(statistics.median(xs) * 1000, 2)  # noqa: E731
+        p99 = lambda xs: round(sorted(xs)[int(len(xs) * 0.99) - 1] * 1000, 2)  # noqa: E731
+        return {
+            "objects": count,
+            "create_objects_per_s": round(count / t_create),
+            "get_by_sort_key_ms_median": ms(t_key),
+            "get_by_sort_key_ms_p99": p99(t_key),
+            "get_by_base_hash_ms_median": ms(t_base),
+            "get_by_base_hash_ms_p99": p99(t_base),
+            "list_1000_warm_ms_median": ms(t_list),
+            "list_1000_cold_ms": round(t_list_cold * 1000, 1),
+        }
+
+
+TARGETS = [
+    ("big_file", "put_vs_cp", ">=", 0.5),
+    ("big_file", "get_vs_cat", ">=", 0.5),
+    ("big_file", "edit_1MiB_new_blob_bytes", "<=", 4 * MIB),
+    ("big_file", "identical_reput_new_chunk_blobs", "<=", 0),
+    ("rss", "put_peak_rss_MiB", "<", 256),
+    ("rss", "get_peak_rss_MiB", "<", 256),
+    ("many", "get_by_sort_key_ms_median", "<", 50),
+    ("many", "get_by_base_hash_ms_median", "<", 50),
+    ("many", "list_1000_warm_ms_median", "<", 50),
+    ("many", "list_1000_cold_ms", "<", 1000),
+]
+
+
+def run(workdir: Path | None, size_mib: int, objects: int, rss_size_mib: int, log: TextIO) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="fsobj-bench-", dir=workdir or Path.cwd()))
+    bench = Bench(base, log)
+    try:
+        bench.setup()
+        result: dict[str, Any] = {"workdir_disk": str(workdir or "."), "cpu_count": os.cpu_count()}
+        result["big_file"] = bench.big_file(size_mib)
+        if rss_size_mib:
+            result["rss"] = bench.rss(rss_size_mib)
+        if objects:
+            result["many"] = bench.many(objects)
+        result["page_cache_dropped"] = bench.cache_dropped
+        result["targets"] = _check(result)
+        return result
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _check(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+    for section, key, op, target in TARGETS:
+        if section in result:
+            value = result[section][key]
+            out.append(
+                {
+                    "figure": f"{section}.{key}",
+                    "value": value,
+                    "target": f"{op} {target}",
+                    "met": ops[op](value, target),
+                }
+            )
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{'figure':<48} {'value':>14}  {'target':<14} met"]
+    lines.append("-" * len(lines[0]))
+    targets = {t["figure"]: t for t in result.get("targets", [])}
+    for section in ("big_file", "rss", "many"):
+        for key, value in result.get(section, {}).items():
+            name = f"{section}.{key}"
+            t = targets.get(name)
+            mark = "" if t is None else ("yes" if t["met"] else "NO")
+            lines.append(f"{name:<48} {value!s:>14}  {'' if t is None else t['target']:<14} {mark}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(run(None, 64, 1000, 0, sys.stderr), indent=2))
