@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up everything fsobj needs on a fresh Debian/Ubuntu machine: system
+# packages (FUSE 3 and its headers, for pyfuse3; attr, for getfattr/setfattr),
+# a virtualenv in .venv, and fsobj itself with its test extras.
+# Idempotent: a second run only checks. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+# a python3 that is not Debian's (pyenv, /usr/local) brings its own venv and headers
+if command -v python3 >/dev/null && python3 -c 'import venv, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
+    missing=("${missing[@]/python3-venv}"); missing=("${missing[@]/python3-dev}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import fsobj, pyfuse3, pytest, hypothesis' 2>/dev/null \
+    || [[ pyproject.toml -nt .venv/.fsobj-installed ]]; then
+    echo "setup: installing fsobj into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    touch .venv/.fsobj-installed
+fi
+echo "setup: ready (activate with: . .venv/bin/activate)"
