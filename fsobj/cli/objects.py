@@ -77,17 +77,29 @@ def put(
 @click.argument("sort_key", required=False)
 @click.option("--hash", "hash_", metavar="HASH", help="An absoluteHash (that version) or baseHash (its latest).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically) instead of stdout.")
+@click.option("--exact", is_flag=True, help="With --hash: that exact version, even if it is a baseHash.")
 @click.option("--info", is_flag=True, help="Print the version's headers as JSON instead of the payload.")
 @pass_ctx
 def get(
-    ctx: Context, partition: str | None, sort_key: str | None, hash_: str | None, output: str | None, info: bool
+    ctx: Context,
+    partition: str | None,
+    sort_key: str | None,
+    hash_: str | None,
+    output: str | None,
+    exact: bool,
+    info: bool,
 ) -> None:
-    """Write the latest version of SORT_KEY in PARTITION (or of --hash) to stdout."""
+    """Write the latest version of SORT_KEY in PARTITION (or of --hash) to stdout.
+
+    --hash takes a baseHash (the latest version of that object) or an
+    absoluteHash (that version). The first version's hash is also the baseHash:
+    add --exact to get that first version itself.
+    """
     store = ctx.store()
     if hash_:
         if partition or sort_key:
             raise UsageError("give either PARTITION SORT_KEY or --hash, not both")
-        v = store.get_hash(hash_arg(hash_))
+        v = store.get_hash(hash_arg(hash_), exact)
     elif partition and sort_key:
         v = store.get(partition, sort_key)
     else:

@@ -462,14 +462,17 @@ class Store:
             raise DeletedError(f"{sort_key!r} in {view.display_name} was deleted", version.hash)
         return version
 
-    def get_hash(self, hash_: bytes) -> Version:
-        """An absoluteHash gives that version; a baseHash gives its series' latest."""
+    def get_hash(self, hash_: bytes, exact: bool = False) -> Version:
+        """A baseHash gives its series' latest version; any other absoluteHash
+        gives that version. The first version's hash is both: it means the
+        series (latest) unless ``exact``.
+        """
+        head = None if exact else self.index.head(hash_)
+        if head is not None:
+            return self.load_version(head.head_hash)
         if self.index.version(hash_) is not None:
             return self.load_version(hash_)
-        head = self.index.head(hash_)
-        if head is None:
-            raise NotFoundError(f"no version or object with hash {hash_.hex()}")
-        return self.load_version(head.head_hash)
+        raise NotFoundError(f"no version or object with hash {hash_.hex()}")
 
     def _head_for_key(self, view: PartitionView, sort_key: str, live_only: bool) -> HeadRow:
         check_sort_key(sort_key)

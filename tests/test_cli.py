@@ -1,0 +1,249 @@
+"""The command line, driven as a user drives it: subprocesses, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fsobj import errors
+
+PASS = "cli-test-passphrase"
+
+
+class Cli:
+    def __init__(self, tmp: Path, name: str = "alice") -> None:
+        self.tmp = tmp
+        self.store = tmp / "store"
+        self.ident = tmp / f"{name}.json"
+        self.env = dict(os.environ, FSOBJ_STORE=str(self.store), FSOBJ_IDENTITY=str(self.ident), FSOBJ_PASSPHRASE=PASS)
+
+    def run(
+        self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None, expect: int = 0
+    ) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fsobj", *args], input=input, env=env or self.env, capture_output=True, timeout=120
+        )
+        assert proc.returncode == expect, (
+            f"fsobj {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
+            f"stdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr[-2000:]!r}"
+        )
+        return proc
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def other(self, name: str) -> Cli:
+        """Another identity on the same store."""
+        c = Cli(self.tmp, name)
+        c.run("identity", "create", "--name", name)
+        return c
+
+
+@pytest.fixture()
+def cli(tmp_path: Path) -> Cli:
+    c = Cli(tmp_path)
+    c.run("identity", "create", "--name", "alice")
+    c.run("init", str(c.store))
+    c.run("partition", "create", "docs")
+    return c
+
+
+def test_put_get_ls_log_rm_round_trip(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "report.txt"
+    src.write_bytes(b"version one\n")
+    v1 = cli.json("put", "docs", "reports/q1.txt", str(src), "--header", "owner=finance")
+    src.write_bytes(b"version two\n")
+    v2 = cli.json("put", "docs", "reports/q1.txt", str(src))
+    assert v2["base_hash"] == v1["absolute_hash"] and v2["previous_hash"] == v1["absolute_hash"]
+    assert v2["headers"] == [["owner", "finance"]], "user headers carry over when not given"
+    cli.run("put", "docs", "a.txt", "-", input=b"from stdin")
+
+    assert cli.run("get", "docs", "reports/q1.txt").stdout == b"version two\n"
+    out = tmp_path / "out.txt"
+    cli.run("get", "--hash", v1["absolute_hash"], "--exact", "-o", str(out))
+    assert out.read_bytes() == b"version one\n"
+    assert cli.run("get", "--hash", v1["base_hash"]).stdout == b"version two\n", "baseHash gives the latest"
+
+    assert [e["sort_key"] for e in cli.json("ls", "docs")] == ["a.txt", "reports/q1.txt"]
+    assert [e["sort_key"] for e in cli.json("ls", "docs", "--prefix", "rep")] == ["reports/q1.txt"]
+    assert [e["sort_key"] for e in cli.json("ls", "docs", "--after", "a.txt")] == ["reports/q1.txt"]
+
+    cli.run("rm", "docs", "reports/q1.txt")
+    proc = cli.run("get", "docs", "reports/q1.txt", expect=errors.DeletedError.exit_code)
+    assert b"deleted" in proc.stderr
+    log = cli.json("log", "docs", "reports/q1.txt")
+    assert [(e["version"], e["tombstone"]) for e in log] == [(1, False), (2, False), (3, True)]
+    assert cli.run("get", "--hash", log[1]["absolute_hash"]).stdout == b"version two\n", "history stays readable"
+    assert [e["sort_key"] for e in cli.json("ls", "docs")] == ["a.txt"]
+    cli.run("verify")
+
+
+def test_purge_frees_blobs_and_gc_keeps_live_data(cli: Cli, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    cli.run("put", "docs", "big", str(big))
+    cli.run("put", "docs", "keep", "-", input=b"keep me")
+    before = sum(1 for _ in (cli.store / "blobs").rglob("*") if _.is_file())
+    cli.run("purge", "--yes", "docs", "big")
+    after = sum(1 for _ in (cli.store / "blobs").rglob("*") if _.is_file())
+    assert after < before - 2
+    cli.run("get", "docs", "big", expect=errors.NotFoundError.exit_code)
+    cli.run("gc", "--grace", "0")
+    assert cli.run("get", "docs", "keep").stdout == b"keep me"
+    cli.run("verify")
+
+
+def test_error_exit_codes(cli: Cli, tmp_path: Path) -> None:
+    cli.run("get", "docs", "nope", expect=errors.NotFoundError.exit_code)
+    cli.run("ls", "nopartition", expect=errors.NotFoundError.exit_code)
+    cli.run("put", "docs", "", "-", input=b"x", expect=errors.UsageError.exit_code)
+    bad_utf8 = os.fsdecode(b"bad\xff")
+    cli.run("put", "docs", bad_utf8, "-", input=b"x", expect=errors.UsageError.exit_code)
+    cli.run("init", str(cli.store), expect=errors.ExistsError.exit_code)
+    cli.run("partition", "create", "docs", expect=errors.ExistsError.exit_code)
+    wrong = dict(cli.env, FSOBJ_PASSPHRASE="wrong")
+    proc = cli.run("ls", "docs", env=wrong, expect=errors.IdentityError.exit_code)
+    assert b"passphrase" in proc.stderr
+    missing = dict(cli.env, FSOBJ_IDENTITY=str(tmp_path / "none.json"))
+    cli.run("ls", "docs", env=missing, expect=errors.IdentityError.exit_code)
+    notastore = dict(cli.env, FSOBJ_STORE=str(tmp_path))
+    proc = cli.run("ls", "docs", env=notastore, expect=errors.FormatError.exit_code)
+    assert b"not an fsobj store" in proc.stderr
+    marker = cli.store / "fsobj-store.json"
+    doc = json.loads(marker.read_text())
+    marker.write_text(json.dumps(doc | {"version": 99}))
+    proc = cli.run("ls", "docs", expect=errors.FormatError.exit_code)
+    assert b"version 99" in proc.stderr
+    marker.write_text(json.dumps(doc))
+    cli.run("ls", "docs")
+    exit_table = cli.run("exit-codes").stdout.decode()
+    for code in errors.EXIT_CODES:
+        assert f"{code:>4}  " in exit_table
+
+
+def test_optimistic_lock_conflict_names_current_version(cli: Cli) -> None:
+    v1 = cli.json("put", "docs", "k", "-")  # empty payload from empty stdin
+    v2 = cli.json("put", "docs", "k", "-", "--expect", v1["absolute_hash"])
+    proc = cli.run("put", "docs", "k", "-", "--expect", v1["absolute_hash"], expect=errors.ConflictError.exit_code)
+    assert v2["absolute_hash"].encode() in proc.stderr
+    assert len(cli.json("log", "docs", "k")) == 2, "nothing written by the failed update"
+    cli.run("rm", "docs", "k", "--expect", v1["absolute_hash"], expect=errors.ConflictError.exit_code)
+
+
+def test_sharing_read_then_write_then_revoke(cli: Cli, tmp_path: Path) -> None:
+    bob = cli.other("bob")
+    bob_pub = tmp_path / "bob.pub"
+    bob.run("identity", "export", "-o", str(bob_pub))
+    cli.run("put", "docs", "shared.txt", "-", input=b"for bob")
+    alice_id = cli.json("identity", "show")["user_id"]  # type: ignore[index]
+    bob.run("ls", "docs", expect=errors.NotFoundError.exit_code)
+    cli.run("partition", "grant", "docs", "--to", str(bob_pub), "--read")
+    ref = f"docs@{alice_id[:8]}"
+    assert bob.run("get", ref, "shared.txt").stdout == b"for bob"
+    bob.run("put", ref, "x", "-", input=b"no", expect=errors.AccessDeniedError.exit_code)
+    cli.run("partition", "grant", "docs", "--to", str(bob_pub), "--write")
+    bob.run("put", ref, "from-bob.txt", "-", input=b"hi alice")
+    info = json.loads(cli.run("get", "docs", "from-bob.txt", "--info").stdout)
+    assert info["author"] == bob.json("identity", "show")["user_id"]  # type: ignore[index]
+    cli.run("partition", "revoke", "docs", "--from", "bob")
+    cli.run("put", "docs", "after.txt", "-", input=b"secret")
+    bob.run("get", ref, "after.txt", expect=errors.NotFoundError.exit_code)  # no longer a member: sees nothing
+    assert cli.run("get", "docs", "from-bob.txt").stdout == b"hi alice"
+    cli.run("verify")
+
+
+def test_index_rebuild_brings_everything_back(cli: Cli) -> None:
+    for i in range(5):
+        cli.run("put", "docs", f"k{i}", "-", input=f"v{i}".encode())
+    cli.run("put", "docs", "k0", "-", input=b"v0 again")
+    cli.run("rm", "docs", "k1")
+    before_ls = cli.json("ls", "docs", "--all")
+    before_log = cli.json("log", "docs", "k0")
+    (cli.store / "index.sqlite").unlink()
+    for extra in ("index.sqlite-wal", "index.sqlite-shm"):
+        (cli.store / extra).unlink(missing_ok=True)
+    proc = cli.run("ls", "docs", expect=errors.NotFoundError.exit_code)
+    assert b"rebuild-index" in proc.stderr
+    cli.run("gc", expect=errors.UsageError.exit_code)  # refuses on an incomplete index
+    cli.run("verify", "--rebuild-index")
+    assert cli.json("ls", "docs", "--all") == before_ls
+    assert cli.json("log", "docs", "k0") == before_log
+    cli.run("gc", "--grace", "0")
+    assert cli.run("get", "docs", "k0").stdout == b"v0 again"
+
+
+def test_tampered_blob_is_an_integrity_error(cli: Cli) -> None:
+    cli.run("put", "docs", "t", "-", input=b"A" * 1000)
+    info = json.loads(cli.run("get", "docs", "t", "--info").stdout)
+    blob = cli.store / "blobs" / info["absolute_hash"][:2] / info["absolute_hash"]
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 1
+    blob.write_bytes(bytes(data))
+    proc = cli.run("get", "docs", "t", expect=errors.IntegrityError.exit_code)
+    assert info["absolute_hash"].encode() in proc.stderr and proc.stdout == b""
+    cli.run("verify", expect=errors.VerifyFailed.exit_code)
+
+
+def test_killed_put_leaves_a_consistent_store(cli: Cli) -> None:
+    cli.run("put", "docs", "committed", "-", input=b"safe")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsobj", "put", "docs", "half", "-"],
+        env=cli.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    block = os.urandom(1024 * 1024)
+    for _ in range(24):
+        proc.stdin.write(block)
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    blobs = cli.store / "blobs"
+    while sum(1 for p in blobs.rglob("*") if p.is_file()) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cli.run("get", "docs", "half", expect=errors.NotFoundError.exit_code)
+    assert cli.run("get", "docs", "committed").stdout == b"safe"
+    cli.run("verify")
+    gc = cli.json("gc", "--grace", "0")
+    assert gc["deleted"] >= 1  # type: ignore[index]
+    cli.run("verify")
+
+
+def test_bench_reports_figures_and_targets(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fsobj",
+            "bench",
+            "--dir",
+            str(tmp_path),
+            "--size-mib",
+            "4",
+            "--objects",
+            "300",
+            "--rss-size-mib",
+            "0",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["big_file"]["identical_reput_new_chunk_blobs"] == 0
+    assert result["big_file"]["first_put_new_blob_bytes"] >= 4 * 1024 * 1024
+    assert {t["figure"] for t in result["targets"]} >= {"big_file.put_vs_cp", "many.list_1000_cold_ms"}
+    assert list(tmp_path.iterdir()) == [], "bench cleans up its scratch directory"
