@@ -53,7 +53,10 @@ class Report:
 
 
 def verify(store: Store, tick: Tick | None = None) -> Report:
-    """Check every partition record, version, signature, chunk and link."""
+    """Check every partition record, version, signature, chunk and link.
+
+    ``tick(1)`` is called once per version checked.
+    """
     report = Report()
     seen: set[bytes] = set()
     for row in store.index.partitions():
@@ -67,7 +70,9 @@ def verify(store: Store, tick: Tick | None = None) -> Report:
             continue
         report.partitions += 1
         for vrow in store.index.versions_in(view.id):
-            _verify_version(store, view, vrow, report, seen, tick)
+            _verify_version(store, view, vrow, report, seen)
+            if tick:
+                tick(1)
     referenced = store.index.known_blob_ids()
     for blob_id in store.blobs.list():
         if blob_id not in referenced:
@@ -75,9 +80,7 @@ def verify(store: Store, tick: Tick | None = None) -> Report:
     return report
 
 
-def _verify_version(
-    store: Store, view: PartitionView, vrow: VersionRow, report: Report, seen: set[bytes], tick: Tick | None
-) -> None:
+def _verify_version(store: Store, view: PartitionView, vrow: VersionRow, report: Report, seen: set[bytes]) -> None:
     """Header, signatures, index row; then the payload once per distinct checksum."""
     what = f"version {vrow.hash.hex()}"
     try:
@@ -95,8 +98,6 @@ def _verify_version(
                     seen.add(ref.id)
                     report.payload_blobs += 1
                     report.bytes_checked += ref.length
-                    if tick:
-                        tick(ref.length)
             if hasher.digest() != v.header.checksum:
                 raise IntegrityError(f"{what}: payload does not match the checksum in its header")
             seen.add(v.header.checksum)

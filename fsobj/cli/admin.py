@@ -88,7 +88,7 @@ def verify(ctx: Context, rebuild_index: bool, as_json: bool) -> None:
         faults += rb.faults
         if not as_json:
             click.echo(f"index rebuilt: {rb.versions} versions in {rb.partitions} partitions", err=True)
-    with progress(None, "verifying") as tick:
+    with progress(store.index.stats()["versions"], "verifying", unit_min=1000) as tick:
         report = fsck.verify(store, tick)
     report.faults = faults + report.faults
     report.rebuilt = rebuild_index

@@ -89,9 +89,10 @@ def hash_arg(value: str) -> bytes:
 
 
 @contextmanager
-def progress(total: int | None, label: str) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on stderr when it is a terminal and the work is long."""
-    if not sys.stderr.isatty() or (total is not None and total < 16 * 1024 * 1024):
+def progress(total: int, label: str, unit_min: int = 16 * 1024 * 1024) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr when it is a terminal and the work is long
+    (``total`` at least ``unit_min`` bytes, or items)."""
+    if not sys.stderr.isatty() or total < unit_min:
         yield None
         return
     with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
