@@ -61,6 +61,7 @@ CTX_SORT_KEY = "fsobj 2026-11 v1 sort key siv key"
 CTX_CDC_SEED = "fsobj 2026-11 v1 chunker seed"
 CTX_USER_ID = "fsobj 2026-11 v1 user id"
 CTX_WRAP = "fsobj 2026-11 v1 partition key wrap"
+CTX_FEED = "fsobj 2026-11 v1 feed key"
 
 SIG_PARTITION = b"fsobj partition record v1\x00"
 SIG_SESSION = b"fsobj session v1\x00"
@@ -260,6 +261,10 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         return self._sign.sign(message)
+
+    def derive_secret(self, context: str, length: int = 64) -> bytes:
+        """A symmetric key only this identity can compute (e.g. to seal feed names)."""
+        return derive(context, self.private_bytes(), length)
 
     def private_bytes(self) -> bytes:
         return _raw_priv(self._sign) + _raw_priv(self._kx)

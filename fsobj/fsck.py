@@ -174,7 +174,7 @@ def rebuild_index(store: Store, tick: Tick | None = None) -> Report:
                     v.header.author,
                     keys.seal_sort_key(view.id, v.sort_key),
                 )
-                store.index.add_version(row, [r.id for r in refs] + tree_nodes)
+                store.index.add_version(row, [r.id for r in refs] + tree_nodes, notify=False)
                 report.versions += 1
                 if tick:
                     tick(1)

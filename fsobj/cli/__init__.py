@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from fsobj.cli import admin, objects
+from fsobj.cli import admin, feeds, objects
 from fsobj.cli.common import Context
 from fsobj.errors import EXIT_CODES, FsobjError, exit_code_for
 
@@ -46,7 +46,7 @@ def cli(ctx: click.Context, store_path: str | None, identity_path: str | None, p
     ctx.call_on_close(obj.close)
 
 
-for module in (admin, objects):
+for module in (admin, objects, feeds):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from fsobj.errors import FormatError
+from fsobj.index.feeds import FeedQueries, FeedRow, MessageRow
 from fsobj.index.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+
+__all__ = ["FeedRow", "HeadRow", "Index", "MessageRow", "PartitionRow", "VersionRow"]
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -74,7 +78,19 @@ def _head(r: tuple) -> HeadRow:
     return HeadRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8])
 
 
-class Index:
+def _statements(script: str) -> Iterator[str]:
+    """Split an SQL script into statements (comments may contain ';')."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise ValueError(f"incomplete SQL statement in migration: {buf!r}")
+
+
+class Index(FeedQueries):
     """Typed access to ``index.sqlite``; safe to share between threads."""
 
     def __init__(self, path: Path) -> None:
@@ -94,7 +110,7 @@ class Index:
             self._local.db = db
         return db
 
-    def q(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+    def q(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:  # type: ignore[override]
         return self.db.execute(sql, tuple(params)).fetchall()
 
     def create(self) -> None:
@@ -117,9 +133,8 @@ class Index:
         while version < SCHEMA_VERSION:
             version += 1
             with self.write():
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                for statement in _statements(MIGRATIONS[version]):
+                    self.db.execute(statement)
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
 
     def close(self) -> None:
@@ -129,13 +144,19 @@ class Index:
             self._local.db = None
 
     @contextmanager
-    def write(self) -> Iterator[None]:
-        """A write transaction holding SQLite's write lock from its first statement."""
+    def write(self, bump: bool = True) -> Iterator[None]:
+        """A write transaction holding SQLite's write lock from its first statement.
+
+        ``bump`` advances the generation counter, which tells readers (listing
+        caches, waiting feed readers) that versions or partitions changed; feed
+        bookkeeping passes False so that consumers do not wake each other.
+        """
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            if bump:
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -210,8 +231,9 @@ class Index:
         extra = " AND tombstone = 0" if live_only else ""
         return self.q(f"SELECT count(*) FROM heads WHERE partition_id = ?{extra}", [partition_id])[0][0]
 
-    def add_version(self, row: VersionRow, blob_refs: Iterable[bytes]) -> None:
-        """Insert a version, make it its series' head, record its blob references."""
+    def add_version(self, row: VersionRow, blob_refs: Iterable[bytes], notify: bool = True) -> None:
+        """Insert a version, make it its series' head, record its blob references,
+        and (``notify``) queue its notification in every subscribed feed."""
         self.db.execute(
             f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -233,6 +255,8 @@ class Index:
             "INSERT OR IGNORE INTO refs (blob_id, version_hash) VALUES (?, ?)",
             ((b, row.hash) for b in set(blob_refs)),
         )
+        if notify:
+            self.push_notifications(row.partition_id, row.hash, time.time_ns() // 1000)
 
     def set_head(self, row: VersionRow) -> None:
         self.db.execute(

@@ -8,7 +8,7 @@ or POSIX attribute: sort keys are stored only AES-SIV-sealed.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 -- Facts about the index itself. key 'schema' = SCHEMA_VERSION;
@@ -83,5 +83,58 @@ CREATE TABLE IF NOT EXISTS refs (
 CREATE INDEX IF NOT EXISTS refs_version ON refs (version_hash);
 """
 
+FEEDS_SCHEMA = """
+-- Feeds (schema 2): persistent queues of update notifications. Feeds are
+-- state, not a cache: they cannot be rebuilt from the blobs (docs/design.md).
+--   feed_id      BLAKE3 of the canonical feed ID object (name + owner)
+--   owner_id     the only user who may read, change or delete the feed
+--   name_ct      the feed name, AES-SIV under the owner's feed key (AD = owner id)
+--   created_us   creation time; expires_us: after it the feed is gone (NULL: never)
+--   next_seq     the sequence number the next notification gets
+CREATE TABLE IF NOT EXISTS feeds (
+    feed_id    BLOB PRIMARY KEY,
+    owner_id   BLOB NOT NULL,
+    name_ct    BLOB NOT NULL,
+    created_us INTEGER NOT NULL,
+    expires_us INTEGER,
+    next_seq   INTEGER NOT NULL DEFAULT 1
+);
+
+-- Which partitions push into which feed. prefix_ct is the sort-key prefix,
+-- sealed with the owner's feed key (empty prefix: every object); since writers
+-- cannot open it, every version of the partition is queued once per feed and
+-- the prefix is applied when the owner reads (non-matching ones are acked then).
+CREATE TABLE IF NOT EXISTS feed_subscriptions (
+    feed_id      BLOB NOT NULL,
+    partition_id BLOB NOT NULL,
+    prefix_ct    BLOB NOT NULL,
+    PRIMARY KEY (feed_id, partition_id, prefix_ct)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS feed_subscriptions_partition ON feed_subscriptions (partition_id);
+
+-- Queued notifications, inserted in the transaction that commits the version.
+--   seq          per-feed sequence number (commit order within one store)
+--   version_hash absoluteHash of the version; the header is read from its blob
+--   commit_us    commit time (committer's clock)
+--   visible_us   not handed out again before this time (0: available now)
+--   receipt      receipt handle of the delivery in flight (NULL: none yet)
+--   deliveries   how many times it has been handed out
+CREATE TABLE IF NOT EXISTS feed_messages (
+    feed_id      BLOB NOT NULL,
+    seq          INTEGER NOT NULL,
+    version_hash BLOB NOT NULL,
+    partition_id BLOB NOT NULL,
+    commit_us    INTEGER NOT NULL,
+    visible_us   INTEGER NOT NULL DEFAULT 0,
+    receipt      TEXT,
+    deliveries   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (feed_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS feed_messages_visible ON feed_messages (feed_id, visible_us, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS feed_messages_receipt ON feed_messages (receipt);
+"""
+
+SCHEMA += FEEDS_SCHEMA
+
 #: schema version -> SQL that upgrades from the previous version.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {2: FEEDS_SCHEMA}

@@ -270,7 +270,8 @@ def verify_signatures(header: VersionHeader, absolute_hash: bytes, integrity: by
 
 def encode_chunk_list(entries: list[ChunkRef]) -> bytes:
     """A chunk-list node (linked child object of a large payload)."""
-    return cbor.encode({"type": "fsobj-chunk-list", "v": FORMAT_VERSION, "entries": [[c.id, c.length] for c in entries]})
+    entries_cbor = [[c.id, c.length] for c in entries]
+    return cbor.encode({"type": "fsobj-chunk-list", "v": FORMAT_VERSION, "entries": entries_cbor})
 
 
 def decode_chunk_list(plaintext: bytes) -> list[ChunkRef]:

@@ -1,0 +1,155 @@
+"""Random access to one committed version's payload: chunk lookup, a small
+cache of decrypted chunks, and read-ahead.
+
+Owns: turning (offset, size) into chunk fetches. Each fetch (blob read,
+AES-GCM, keyed-hash check against the chunk id named by the signed header)
+runs on the store's payload thread pool (``PayloadIO.pool``); trio awaits the
+future without blocking the event loop or parking a worker thread. When reads
+are sequential, the next ``READ_AHEAD`` chunks are fetched before they are
+asked for. The whole-payload checksum is not re-checked here: every chunk is
+authenticated on its own, and the chunk list comes from the verified header.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import TypeVar
+
+import trio
+
+from fsobj.model.header import ChunkRef
+from fsobj.store import PartitionView, Store, Version
+
+CACHE_CHUNKS = 8
+READ_AHEAD = 4
+
+T = TypeVar("T")
+
+
+async def wait_future(fut: Future[T]) -> T:
+    """Await a ``concurrent.futures.Future`` from trio."""
+    if not fut.done():
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: Future[T]) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        fut.add_done_callback(wake)
+        await done.wait()
+    return fut.result()
+
+
+class PayloadReader:
+    """Reads one version's payload by offset (shared by every handle of a file)."""
+
+    def __init__(self, store: Store, view: PartitionView, version: Version) -> None:
+        self.store = store
+        self.view = view
+        self.version = version
+        self.length = version.length
+        self._refs: list[ChunkRef] | None = None
+        self._offsets: list[int] = []
+        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._pending: dict[int, Future[bytes]] = {}
+        self._last = -2
+
+    # ------------------------------------------------------------ chunk list
+    def load_refs(self) -> None:
+        """Blocking (may read chunk-list nodes): call in a worker thread."""
+        if self._refs is not None:
+            return
+        keys = self.view.epoch_keys(self.version.header.epoch)
+        refs = self.store.payloads.chunk_refs(self.version.header, keys)
+        offsets, pos = [], 0
+        for r in refs:
+            offsets.append(pos)
+            pos += r.length
+        self._offsets, self._refs = offsets, refs
+
+    def _submit(self, i: int) -> Future[bytes]:
+        assert self._refs is not None
+        keys = self.view.epoch_keys(self.version.header.epoch)
+        return self.store.payloads.pool.submit(self.store.payloads.read_chunk, self._refs[i], keys, self.view.id)
+
+    # ------------------------------------------------------------ async reads
+    async def read(self, off: int, n: int, limiter: trio.CapacityLimiter | None = None) -> bytes:
+        end = min(off + n, self.length)
+        if off >= end:
+            return b""
+        if self._refs is None:
+            await trio.to_thread.run_sync(self.load_refs, limiter=limiter)
+        out = []
+        pos = off
+        while pos < end:
+            i = bisect.bisect_right(self._offsets, pos) - 1
+            chunk = await self._chunk(i)
+            s = pos - self._offsets[i]
+            piece = chunk[s : s + (end - pos)]
+            out.append(piece)
+            pos += len(piece)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    async def _chunk(self, i: int) -> bytes:
+        sequential = i in (self._last, self._last + 1)
+        self._last = i
+        if sequential:
+            self._read_ahead(i)
+        data = self._cache.get(i)
+        if data is not None:
+            self._cache.move_to_end(i)
+            return data
+        fut = self._pending.pop(i, None) or self._submit(i)
+        data = await wait_future(fut)
+        self._cache[i] = data
+        while len(self._cache) > CACHE_CHUNKS:
+            self._cache.popitem(last=False)
+        return data
+
+    def _read_ahead(self, i: int) -> None:
+        assert self._refs is not None
+        for j in range(i + 1, min(i + 1 + READ_AHEAD, len(self._refs))):
+            if j not in self._cache and j not in self._pending:
+                self._pending[j] = self._submit(j)
+        for j in [j for j in self._pending if j < i or j > i + READ_AHEAD]:
+            self._pending.pop(j).cancel()
+
+    def close(self) -> None:
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+        self._cache.clear()
+
+    # ------------------------------------------------------------ blocking reads
+    def iter_range(self, start: int, end: int, window: int = READ_AHEAD) -> Iterator[bytes]:
+        """Blocking: yield the bytes of [start, end) in order (for commit streams)."""
+        self.load_refs()
+        assert self._refs is not None
+        end = min(end, self.length)
+        if start >= end:
+            return
+        first = bisect.bisect_right(self._offsets, start) - 1
+        last = bisect.bisect_right(self._offsets, end - 1) - 1
+        futures: collections.deque[tuple[int, Future[bytes] | bytes]] = collections.deque()
+        nxt = first
+        try:
+            while futures or nxt <= last:
+                while nxt <= last and len(futures) < window:
+                    cached = self._cache.get(nxt)
+                    futures.append((nxt, cached if cached is not None else self._submit(nxt)))
+                    nxt += 1
+                i, item = futures.popleft()
+                data = item if isinstance(item, bytes) else item.result()
+                lo = max(start - self._offsets[i], 0)
+                hi = min(end - self._offsets[i], len(data))
+                yield data[lo:hi]
+        finally:
+            for _, item in futures:
+                if isinstance(item, Future):
+                    item.cancel()

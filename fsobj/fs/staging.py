@@ -1,0 +1,171 @@
+"""Write staging: the bytes an open file has that its committed version lacks.
+
+Owns: the dirty extents of one open file, their plaintext, its current size,
+and how to read the file's logical content as the three kinds of piece it is
+made of: *dirty* (written since the last commit, held here), *base* (the
+committed version's payload, read through ``fsobj.fs.reader``) and *zero*
+(holes: sparse writes, or the part of a file extended by ``truncate``).
+
+Where plaintext waits (docs/mount.md, "Staging"): in memory up to
+``MEMORY_LIMIT``, then in an anonymous temporary file (``O_TMPFILE``: it never
+has a name) in the mount's 0700 cache directory, outside the store. Both are
+dropped when the version is committed or the file is discarded. Pure data
+structure: no store, no trio; file I/O is plain ``pread``/``pwrite``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MEMORY_LIMIT = 4 * 1024 * 1024
+
+DIRTY, BASE, ZERO = "dirty", "base", "zero"
+
+
+class Extents:
+    """Sorted, disjoint, non-adjacent half-open intervals [start, end)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(zip(self.starts, self.ends, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        i = bisect.bisect_left(self.ends, start)  # first interval that ends at/after start
+        j = bisect.bisect_right(self.starts, end)  # intervals [i, j) touch [start, end]
+        if i < j:
+            start = min(start, self.starts[i])
+            end = max(end, self.ends[j - 1])
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
+
+    def cut(self, size: int) -> None:
+        """Forget everything at or beyond ``size``."""
+        i = bisect.bisect_left(self.ends, size + 1)
+        del self.starts[i + 1 :], self.ends[i + 1 :]
+        if i < len(self.starts):
+            if self.starts[i] >= size:
+                del self.starts[i], self.ends[i]
+            else:
+                self.ends[i] = size
+
+    def covers(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, start) - 1
+        return end <= start or (i >= 0 and self.ends[i] >= end)
+
+    def pieces(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        """Split [start, end) into (s, e, dirty) pieces."""
+        pos = start
+        i = bisect.bisect_right(self.ends, start)  # first interval ending after pos
+        while pos < end:
+            if i < len(self.starts) and self.starts[i] <= pos:
+                e = min(end, self.ends[i])
+                yield pos, e, True
+                i += 1
+            else:
+                e = min(end, self.starts[i]) if i < len(self.starts) else end
+                yield pos, e, False
+            pos = e
+
+
+@dataclass(frozen=True)
+class Piece:
+    start: int
+    end: int
+    kind: str  # DIRTY, BASE or ZERO
+
+
+class Staging:
+    """The dirty state of one open file over a base payload of ``base_length`` bytes."""
+
+    def __init__(self, base_length: int, spill_dir: str | None) -> None:
+        self.size = base_length
+        self.base_limit = base_length  # bytes below this that are not dirty come from the base
+        self.extents = Extents()
+        self.spill_dir = spill_dir
+        self._mem: bytearray | None = bytearray()
+        self._file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+
+    # ------------------------------------------------------------ changes
+    def write(self, off: int, data: bytes) -> None:
+        end = off + len(data)
+        if self._mem is not None and end > MEMORY_LIMIT:
+            self._spill()
+        if self._mem is not None:
+            if len(self._mem) < off:
+                self._mem.extend(bytes(off - len(self._mem)))
+            self._mem[off:end] = data
+        else:
+            assert self._file is not None
+            os.pwrite(self._file.fileno(), data, off)
+        self.extents.add(off, end)
+        self.size = max(self.size, end)
+
+    def truncate(self, size: int) -> None:
+        if size < self.size:
+            self.extents.cut(size)
+            self.base_limit = min(self.base_limit, size)
+            if self._mem is not None:
+                del self._mem[size:]
+            elif self._file is not None:
+                os.ftruncate(self._file.fileno(), size)
+        self.size = size
+
+    def _spill(self) -> None:
+        assert self._mem is not None
+        f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="fsobj-staging-")
+        os.pwrite(f.fileno(), self._mem, 0)
+        self._file, self._mem = f, None  # type: ignore[assignment]
+
+    def close(self) -> None:
+        """Drop the plaintext."""
+        self._mem = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # ------------------------------------------------------------ reading
+    def pieces(self, off: int, n: int) -> list[Piece]:
+        """The pieces of [off, off+n) clipped to the file size."""
+        end = min(self.size, off + n)
+        out: list[Piece] = []
+        for s, e, dirty in self.extents.pieces(off, end):
+            if dirty:
+                out.append(Piece(s, e, DIRTY))
+                continue
+            if s < self.base_limit:
+                out.append(Piece(s, min(e, self.base_limit), BASE))
+            if e > self.base_limit:
+                out.append(Piece(max(s, self.base_limit), e, ZERO))
+        return out
+
+    def read_dirty(self, off: int, n: int) -> bytes:
+        if self._mem is not None:
+            data = bytes(self._mem[off : off + n])
+            return data + bytes(n - len(data))
+        assert self._file is not None
+        data = os.pread(self._file.fileno(), n, off)
+        return data + bytes(n - len(data))
+
+    def fully_dirty(self) -> bool:
+        """True if no byte comes from the base (a new file, or ``O_TRUNC`` then writes)."""
+        return self.base_limit == 0 or self.extents.covers(0, self.base_limit)
+
+    def memory_bytes(self) -> bytes | None:
+        """The whole content, if it is small, in memory and fully dirty with no holes."""
+        if self._mem is not None and self.extents.covers(0, self.size) and self.size <= len(self._mem):
+            return bytes(self._mem[: self.size])
+        if self.size == 0:
+            return b""
+        return None

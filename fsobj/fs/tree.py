@@ -1,0 +1,396 @@
+"""The virtual file tree: how the objects of a partition appear as paths.
+
+Owns: the mapping between sort keys and paths, in both directions, and the
+names of everything that is not an object (``.versions``, ``.objects``, the
+version files). Pure: no store calls, no trio, no FUSE; the filesystem layer
+(``fsobj.fs.filesystem``) feeds it listing entries and asks it for names.
+
+Terms (docs/mount.md, "Mapping"):
+
+- A sort key ``a/b/c`` is the file ``c`` in directory ``a/b`` of its
+  partition. A sort key ending in ``/`` (``a/b/``) is a *directory marker*:
+  it keeps the directory ``a/b`` alive when it is empty and carries its
+  mode, owner and times; ``/`` is the marker of the partition root.
+- A sort key that is not a valid path (an empty, ``.`` or ``..`` segment, a
+  segment over 255 bytes, or a first segment named ``.versions``/``.objects``)
+  appears in the partition root under its *escaped name*: the key
+  percent-encoded (``%`` → ``%25``, ``/`` → ``%2F``, a leading ``.`` → ``%2E``).
+- Names are resolved per directory: a directory keeps its name; of several
+  objects that want the same name, the one with the smallest baseHash keeps
+  it and the others appear as ``name~<first 8 hex digits of the baseHash>``.
+
+A *ref* names an object: its baseHash (bytes) once committed, or a small int
+for a file created through the mount whose first version is not written yet.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+VERSIONS = ".versions"
+OBJECTS = ".objects"
+RESERVED = frozenset({VERSIONS, OBJECTS})
+NAME_MAX = 255
+TIE_SEP = "~"
+HASH_PREFIX = 8  # hex digits shown in tie names, version names and conflict names
+
+Ref = bytes | int
+
+
+# ---------------------------------------------------------------- placement
+
+
+def segment_ok(seg: str) -> bool:
+    return bool(seg) and seg not in (".", "..") and len(seg.encode("utf-8", "surrogateescape")) <= NAME_MAX
+
+
+def path_ok(path: str) -> bool:
+    """A directory path (no leading or trailing slash) usable as nested directories."""
+    segs = path.split("/")
+    return all(segment_ok(s) for s in segs) and segs[0] not in RESERVED
+
+
+def escape_key(sort_key: str) -> str:
+    """The escaped name of a sort key that is not a valid path."""
+    out = []
+    for i, ch in enumerate(sort_key):
+        if ch in "%/" or (i == 0 and ch == "."):
+            out.append(f"%{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_name(name: str) -> str:
+    """Inverse of :func:`escape_key` (for documentation and tests)."""
+    out, i = [], 0
+    while i < len(name):
+        if name[i] == "%" and _is_hex(name[i + 1 : i + 3]):
+            out.append(chr(int(name[i + 1 : i + 3], 16)))
+            i += 3
+        else:
+            out.append(name[i])
+            i += 1
+    return "".join(out)
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) == 2 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a sort key appears: a file ``name`` in ``parent``, or the marker of directory ``dir``."""
+
+    parent: str
+    name: str
+    marker: bool = False
+
+    @property
+    def dir(self) -> str:
+        """The directory a marker stands for."""
+        return join(self.parent, self.name)
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+def place(sort_key: str) -> Place:
+    if sort_key == "/":
+        return Place("", "", marker=True)
+    if sort_key.endswith("/") and path_ok(sort_key[:-1]):
+        parent, name = split(sort_key[:-1])
+        return Place(parent, name, marker=True)
+    if path_ok(sort_key):
+        parent, name = split(sort_key)
+        return Place(parent, name)
+    return Place("", escape_key(sort_key))
+
+
+def key_for(parent: str, name: str) -> str:
+    """The sort key of a new file ``name`` in directory ``parent``."""
+    return join(parent, name)
+
+
+def marker_key(path: str) -> str:
+    """The sort key of the directory marker of ``path`` ("" = partition root)."""
+    return path + "/"
+
+
+def tie_name(name: str, ref: Ref) -> str:
+    suffix = TIE_SEP + (ref.hex()[:HASH_PREFIX] if isinstance(ref, bytes) else f"new{ref}")
+    raw = name.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - len(suffix)
+    if len(raw) > room:
+        name = raw[:room].decode("utf-8", "ignore")
+    return name + suffix
+
+
+def _order(ref: Ref) -> tuple[int, bytes | int]:
+    return (1, ref) if isinstance(ref, int) else (0, ref)
+
+
+# ---------------------------------------------------------------- live tree
+
+
+@dataclass(frozen=True)
+class Child:
+    """One name in a directory: a subdirectory (``path``) or an object (``ref``)."""
+
+    is_dir: bool
+    path: str = ""
+    ref: Ref = b""
+
+
+@dataclass
+class Dir:
+    path: str
+    subdirs: dict[str, Dir] = field(default_factory=dict)
+    files: dict[str, list[Ref]] = field(default_factory=dict)  # wanted name -> refs, tie order
+    markers: list[Ref] = field(default_factory=list)
+    _names: dict[str, Child] | None = None
+
+    @property
+    def marker(self) -> Ref | None:
+        return self.markers[0] if self.markers else None
+
+    def empty(self) -> bool:
+        return not self.subdirs and not self.files
+
+    def names(self) -> dict[str, Child]:
+        """The resolved listing: name -> child (cached until the directory changes)."""
+        if self._names is None:
+            names = {n: Child(True, path=d.path) for n, d in self.subdirs.items()}
+            for wanted, refs in self.files.items():
+                for i, ref in enumerate(refs):
+                    name = wanted if i == 0 and wanted not in names else tie_name(wanted, ref)
+                    names.setdefault(name, Child(False, ref=ref))
+            self._names = names
+        return self._names
+
+
+class PartitionTree:
+    """The live objects of one partition arranged as directories."""
+
+    def __init__(self) -> None:
+        self.root = Dir("")
+        self.dirs: dict[str, Dir] = {"": self.root}
+        self.keys: dict[Ref, str] = {}  # ref -> sort key
+
+    def add(self, ref: Ref, sort_key: str) -> None:
+        if ref in self.keys:
+            self.remove(ref)
+        self.keys[ref] = sort_key
+        p = place(sort_key)
+        if p.marker:
+            d = self._ensure(p.dir)
+            d.markers.append(ref)
+            d.markers.sort(key=_order)
+            return
+        d = self._ensure(p.parent)
+        refs = d.files.setdefault(p.name, [])
+        refs.append(ref)
+        refs.sort(key=_order)
+        d._names = None
+
+    def remove(self, ref: Ref) -> None:
+        sort_key = self.keys.pop(ref, None)
+        if sort_key is None:
+            return
+        p = place(sort_key)
+        d = self.dirs.get(p.dir if p.marker else p.parent)
+        if d is None:
+            return
+        if p.marker:
+            if ref in d.markers:
+                d.markers.remove(ref)
+        else:
+            refs = d.files.get(p.name, [])
+            if ref in refs:
+                refs.remove(ref)
+            if not refs:
+                d.files.pop(p.name, None)
+            d._names = None
+        self._prune(d)
+
+    def _ensure(self, path: str) -> Dir:
+        d = self.dirs.get(path)
+        if d is not None:
+            return d
+        parent_path, name = split(path)
+        parent = self._ensure(parent_path)
+        d = Dir(path)
+        parent.subdirs[name] = d
+        parent._names = None
+        self.dirs[path] = d
+        return d
+
+    def _prune(self, d: Dir) -> None:
+        while d.path and d.empty() and not d.markers:
+            parent_path, name = split(d.path)
+            parent = self.dirs[parent_path]
+            parent.subdirs.pop(name, None)
+            parent._names = None
+            del self.dirs[d.path]
+            d = parent
+
+    # ------------------------------------------------------------ queries
+    def dir(self, path: str) -> Dir | None:
+        return self.dirs.get(path)
+
+    def lookup(self, path: str, name: str) -> Child | None:
+        d = self.dirs.get(path)
+        return d.names().get(name) if d is not None else None
+
+    def listing(self, path: str) -> list[tuple[str, Child]]:
+        d = self.dirs.get(path)
+        if d is None:
+            return []
+        return sorted(d.names().items(), key=lambda kv: kv[0].encode("utf-8", "surrogateescape"))
+
+    def name_of(self, ref: Ref) -> tuple[str, str] | None:
+        """(directory path, displayed name) of a live object, markers excluded."""
+        sort_key = self.keys.get(ref)
+        if sort_key is None:
+            return None
+        p = place(sort_key)
+        if p.marker:
+            return None
+        d = self.dirs[p.parent]
+        for name, child in d.names().items():
+            if not child.is_dir and child.ref == ref:
+                return p.parent, name
+        return None
+
+    def refs_under(self, path: str) -> list[tuple[Ref, str]]:
+        """Every (ref, sort key) placed in directory ``path`` or below it, its marker included."""
+        d = self.dirs.get(path)
+        if d is None:
+            return []
+        out: list[tuple[Ref, str]] = []
+        stack = [d]
+        while stack:
+            cur = stack.pop()
+            out.extend((r, self.keys[r]) for r in cur.markers)
+            for refs in cur.files.values():
+                out.extend((r, self.keys[r]) for r in refs)
+            stack.extend(cur.subdirs.values())
+        return out
+
+    def subdir_count(self, path: str) -> int:
+        d = self.dirs.get(path)
+        return len(d.subdirs) if d is not None else 0
+
+
+def moved_key(sort_key: str, old_dir: str, new_dir: str) -> str:
+    """The sort key of an object under ``old_dir`` once that directory is renamed to ``new_dir``."""
+    assert sort_key.startswith(old_dir + "/"), (sort_key, old_dir)
+    return new_dir + sort_key[len(old_dir) :]
+
+
+def is_under(path: str, ancestor: str) -> bool:
+    """True if ``path`` is ``ancestor`` or inside it."""
+    return path == ancestor or not ancestor or path.startswith(ancestor + "/")
+
+
+# ---------------------------------------------------------------- history tree
+
+
+@dataclass
+class VDir:
+    """A directory under ``.versions``: subdirectories, and the series whose path it is."""
+
+    children: set[str] = field(default_factory=set)
+    series: set[bytes] = field(default_factory=set)
+
+
+class HistoryTree:
+    """Every series of a partition, live or deleted, placed by its latest sort key."""
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, VDir] = {"": VDir()}
+        self.paths: dict[bytes, str] = {}  # baseHash -> path
+
+    def set(self, base_hash: bytes, sort_key: str) -> None:
+        p = place(sort_key)
+        path = None if p.marker else join(p.parent, p.name)
+        old = self.paths.get(base_hash)
+        if old == path:
+            return
+        if old is not None:
+            self._remove(base_hash, old)
+        if path is not None:
+            self.paths[base_hash] = path
+            self._ensure(path).series.add(base_hash)
+
+    def drop(self, base_hash: bytes) -> None:
+        old = self.paths.get(base_hash)
+        if old is not None:
+            self._remove(base_hash, old)
+
+    def _ensure(self, path: str) -> VDir:
+        d = self.dirs.get(path)
+        if d is None:
+            parent, name = split(path)
+            self._ensure(parent).children.add(name)
+            d = self.dirs[path] = VDir()
+        return d
+
+    def _remove(self, base_hash: bytes, path: str) -> None:
+        del self.paths[base_hash]
+        d = self.dirs[path]
+        d.series.discard(base_hash)
+        while path and not d.children and not d.series:
+            del self.dirs[path]
+            path, name = split(path)
+            d = self.dirs[path]
+            d.children.discard(name)
+
+    def dir(self, path: str) -> VDir | None:
+        return self.dirs.get(path)
+
+
+# ---------------------------------------------------------------- version files
+
+
+@dataclass(frozen=True)
+class VersionName:
+    """One file under ``.versions/<path>/``."""
+
+    name: str
+    hash: bytes
+    number: int
+
+
+def version_names(rows: Iterable[tuple[bytes, int, bool]]) -> list[VersionName]:
+    """Names for the versions at one path, oldest first.
+
+    ``rows`` are (absoluteHash, created_us, tombstone) of every version of every
+    series at the path. They are numbered 1.. in creation order (ties by hash);
+    tombstones take a number but get no file.
+    """
+    ordered = sorted(rows, key=lambda r: (r[1], r[0]))
+    width = max(4, len(str(len(ordered))))
+    out = []
+    for n, (hash_, created_us, tombstone) in enumerate(ordered, 1):
+        if not tombstone:
+            out.append(VersionName(f"{n:0{width}d}_{stamp(created_us)}_{hash_.hex()[:HASH_PREFIX]}", hash_, n))
+    return out
+
+
+def stamp(created_us: int) -> str:
+    t = datetime.datetime.fromtimestamp(created_us / 1e6, datetime.UTC)
+    return t.strftime("%Y-%m-%dT%H-%M-%SZ")
+
+
+def conflict_key(sort_key: str, hash_: bytes) -> str:
+    """The sort key of a conflict copy: ``<key>.conflict-<hash8>``."""
+    return f"{sort_key}.conflict-{hash_.hex()[:HASH_PREFIX]}"
