@@ -110,7 +110,13 @@ class Feeds:
         return self._siv.decrypt(sealed, [self.me]).decode("utf-8")
 
     def _row(self, name: str) -> FeedRow:
-        row = self.index.feed(feed_id(name, self.me))
+        """A feed of this identity by name, or any feed by its 64-hex id."""
+        fid = feed_id(name, self.me)
+        if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+            by_id = self.index.feed(bytes.fromhex(name))
+            if by_id is not None:
+                fid = by_id.feed_id
+        row = self.index.feed(fid)
         if row is None or (row.expires_us is not None and row.expires_us <= now_us()):
             raise NotFoundError(f"no feed {name!r} of this identity")
         if row.owner_id != self.me:
