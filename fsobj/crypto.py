@@ -57,6 +57,7 @@ TAG_LEN = 16
 # KDF context strings: changing one is a format change.
 CTX_BLOB_KEY = "fsobj 2026-11 v1 blob encryption key"
 CTX_CHUNK_ID = "fsobj 2026-11 v1 chunk id key"
+CTX_CHUNK_LIST_ID = "fsobj 2026-11 v1 chunk list id key"
 CTX_SORT_KEY = "fsobj 2026-11 v1 sort key siv key"
 CTX_CDC_SEED = "fsobj 2026-11 v1 chunker seed"
 CTX_USER_ID = "fsobj 2026-11 v1 user id"
@@ -99,6 +100,7 @@ class EpochKeys:
     epoch: int
     blob_key: bytes
     chunk_id_key: bytes
+    chunk_list_id_key: bytes
     sort_key_key: bytes
     cdc_seed: int
 
@@ -108,6 +110,7 @@ class EpochKeys:
             epoch=epoch,
             blob_key=derive(CTX_BLOB_KEY, epoch_key),
             chunk_id_key=derive(CTX_CHUNK_ID, epoch_key),
+            chunk_list_id_key=derive(CTX_CHUNK_LIST_ID, epoch_key),
             sort_key_key=derive(CTX_SORT_KEY, epoch_key, 64),
             cdc_seed=int.from_bytes(derive(CTX_CDC_SEED, epoch_key, 4), "big"),
         )
@@ -115,6 +118,15 @@ class EpochKeys:
     def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
         """Keyed BLAKE3 of a chunk's plaintext: its blob id."""
         return blake3.blake3(plaintext, key=self.chunk_id_key).digest()
+
+    def payload_blob_id(self, kind: int, plaintext: bytes | memoryview) -> bytes:
+        """The blob id of a chunk or a chunk-list node. Each kind has its own key,
+        so a chunk can never be taken for a node with the same bytes (or back)."""
+        if kind == KIND_CHUNK:
+            return self.chunk_id(plaintext)
+        if kind == KIND_CHUNK_LIST:
+            return blake3.blake3(plaintext, key=self.chunk_list_id_key).digest()
+        raise ValueError(f"blob kind {kind} has no keyed id")
 
     def seal_sort_key(self, partition_id: bytes, sort_key: str) -> bytes:
         """Deterministic encryption of a sort key, for equality lookups in the index."""

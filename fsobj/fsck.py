@@ -253,6 +253,7 @@ def gc(store: Store, grace_s: float = 3600.0, dry_run: bool = False) -> GcReport
     report = GcReport()
     known = store.index.known_blob_ids()
     now = time.time()
+    candidates: list[tuple[bytes, int]] = []
     for blob_id in list(store.blobs.list()):
         if blob_id in known:
             continue
@@ -262,15 +263,21 @@ def gc(store: Store, grace_s: float = 3600.0, dry_run: bool = False) -> GcReport
             continue
         if now - mtime < grace_s:
             report.kept_young += 1
-            continue
-        # re-check under the index's view at deletion time: a commit may have landed
-        if store.index.version(blob_id) is not None or store.index.is_referenced(blob_id):
-            continue
-        report.deleted += 1
-        report.bytes_freed += size
-        if not dry_run:
-            store.blobs.delete(blob_id)
+        else:
+            candidates.append((blob_id, size))
+    # Delete under the write lock, re-checking each: a commit that deduplicated
+    # against an unreferenced blob checks inside its own transaction that it exists.
+    for start in range(0, len(candidates), 1000):
+        with store.index.write(bump=False):
+            for blob_id, size in candidates[start : start + 1000]:
+                if store.index.version(blob_id) is not None or store.index.is_referenced(blob_id):
+                    continue
+                report.deleted += 1
+                report.bytes_freed += size
+                if not dry_run:
+                    store.blobs.delete(blob_id)
+            if not dry_run:
+                store.blobs.sync()
     if not dry_run:
-        store.blobs.sync()
         report.tmp_removed = store.blobs.clean_tmp()
     return report

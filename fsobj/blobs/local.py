@@ -131,15 +131,18 @@ class LocalBlobStore:
 
     def sync_all(self) -> None:
         """Make every blob written so far durable, data and names (syncfs)."""
-        fd = os.open(self.blob_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if _LIBC is not None and _LIBC.syncfs(fd) == 0:
-                with self._lock:
-                    self._dirty.clear()
-                return
-        finally:
-            os.close(fd)
-        os.sync()
+        if _LIBC is None:
+            os.sync()  # reports no errors; only where syncfs is unavailable
+        else:
+            fd = os.open(self.blob_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if _LIBC.syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    if err in (errno.ENOSPC, errno.EDQUOT):
+                        raise NoSpaceError("no space left on the store's device while syncing blobs")
+                    raise OSError(err, f"syncfs of the store failed: {os.strerror(err)}")
+            finally:
+                os.close(fd)
         with self._lock:
             self._dirty.clear()
 

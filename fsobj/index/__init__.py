@@ -96,18 +96,26 @@ class Index(FeedQueries):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
 
     # ------------------------------------------------------------ connections
     @property
     def db(self) -> Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            # check_same_thread=False only so that close() can close every thread's
+            # connection; each connection is still used by its own thread alone.
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             db = Database(conn)
             self._local.db = db
+            with self._conns_lock:
+                self._conns.append(conn)
         return db
 
     def q(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:  # type: ignore[override]
@@ -138,10 +146,12 @@ class Index(FeedQueries):
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.conn.close()
-            self._local.db = None
+        """Close every thread's connection (call when no other thread uses the index)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
 
     @contextmanager
     def write(self, bump: bool = True) -> Iterator[None]:

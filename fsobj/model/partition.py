@@ -89,6 +89,13 @@ class PartitionRecord:
                 return set(h["writers"]) | {self.owner.user_id}
         raise IntegrityError(f"version names unknown partition record seq {acl_seq}")
 
+    def epoch_at(self, acl_seq: int) -> int:
+        """The key epoch that was current under record ``acl_seq``."""
+        for h in self.history:
+            if h["seq"] == acl_seq:
+                return int(h["epoch"])
+        raise IntegrityError(f"version names unknown partition record seq {acl_seq}")
+
     def public_of(self, user_id: bytes) -> crypto.PublicIdentity:
         if user_id == self.owner.user_id:
             return self.owner

@@ -439,6 +439,8 @@ class Store:
         except NotFoundError as e:
             raise IntegrityError(f"header blob of version {hash_.hex()} is missing") from e
         _kind, epoch = crypto.envelope_epoch(blob, hash_)
+        if epoch >= len(view.record.epochs):
+            raise IntegrityError(f"version {hash_.hex()} names key epoch {epoch}, which the partition never had")
         keys = view.epoch_keys(epoch)
         plain = crypto.open_blob(blob, crypto.KIND_HEADER, keys, view.id, hash_)
         header, integrity = decode_header_blob(plain, hash_)
@@ -449,6 +451,8 @@ class Store:
         what = f"version {hash_.hex()}"
         if h.partition != view.id or h.epoch != epoch:
             raise IntegrityError(f"{what} does not belong to partition {view.display_name}")
+        if view.record.epoch_at(h.acl) != h.epoch:
+            raise IntegrityError(f"{what} is encrypted under another key epoch than its record seq {h.acl} had")
         if h.author not in view.record.writers_at(h.acl):
             raise IntegrityError(f"{what} was written by {h.author.hex()[:16]}, who had no write access")
         verify_signatures(h, hash_, integrity, view.record.public_of(h.author).sign_pub)
@@ -629,7 +633,8 @@ class Store:
         view.require_write()
         prev = self._expected_head(view, sort_key, expect, new=False)
         if prev is None:
-            raise NotFoundError(f"no object {sort_key!r} in partition {view.display_name}")
+            head = self._head_for_key(view, sort_key, live_only=False)  # NotFoundError if never existed
+            raise DeletedError(f"{sort_key!r} is already deleted", head.head_hash)
         if prev.tombstone:
             raise DeletedError(f"{sort_key!r} is already deleted", prev.hash)
         return self.commit(view, prev, source=None, tombstone=True)
@@ -653,6 +658,7 @@ class Store:
         ``exclusive`` (new series only): fail if a live object with this sort key
         appeared meanwhile, instead of creating a tie.
         """
+        view = self.partition(view.id)  # the current record: grants and key epoch may have changed
         view.require_write()
         keys = view.current_keys()
         if sort_key is None:
@@ -742,6 +748,7 @@ class Store:
             self.blobs.sync_all()  # payload blobs are durable before a header names them
         with self.index.write():
             self._check_lock(view, prev, header.sort_key if exclusive and prev is None else None)
+            self._check_refs(refs)
             self.blobs.put(hash_, blob)
             self.blobs.sync()
             self.index.add_version(row, refs)
@@ -777,6 +784,7 @@ class Store:
             with self.index.write():
                 for p in pending:
                     self._check_lock(p.view, p.prev, p.new_key)
+                    self._check_refs(p.refs)
                     self.index.add_version(p.row, p.refs)
         except BaseException:
             self._discard(pending)
@@ -788,11 +796,26 @@ class Store:
             self.blobs.delete(p.row.hash)
         self.blobs.sync()
 
+    def _check_refs(self, refs: list[bytes]) -> None:
+        """Inside the write transaction: every payload blob the version names exists.
+
+        Deduplication decides outside the lock that a blob exists; purge and gc
+        delete blobs only under the lock, so checking here closes that race.
+        """
+        missing = [r for r in refs if not self.blobs.exists(r)]
+        if missing:
+            raise ConflictError(
+                f"{len(missing)} payload blob(s) were purged while this version was written; write it again"
+            )
+
     def _check_lock(self, view: PartitionView, prev: Version | None, new_key: str | None) -> None:
         """Inside the write transaction: the series must still be at ``prev``;
         for an exclusive new object, no live object may have taken ``new_key``."""
-        if self.index.partition(view.id) is None:
+        row = self.index.partition(view.id)
+        if row is None:
             raise NotFoundError(f"partition {view.display_name} was removed")
+        if row.seq != view.record.seq:
+            raise ConflictError(f"the membership of partition {view.display_name} changed meanwhile; retry")
         if new_key is not None:
             sealed = [k.seal_sort_key(view.id, new_key) for k in view.keys.values()]
             live = [h for h in self.index.heads_by_sort_key(view.id, sealed) if not h.tombstone]
@@ -824,11 +847,13 @@ class Store:
         return self.purge_series(head.base_hash)
 
     def purge_series(self, base_hash: bytes) -> tuple[int, int]:
+        """Blobs are deleted inside the transaction, so a concurrent commit that
+        deduplicated against one of them sees it gone (``_check_refs``)."""
         with self.index.write():
             hashes, freed = self.index.delete_series(base_hash)
-        for b in [*hashes, *freed]:
-            self.blobs.delete(b)
-        self.blobs.sync()
+            for b in [*hashes, *freed]:
+                self.blobs.delete(b)
+            self.blobs.sync()
         return len(hashes), len(freed)
 
 

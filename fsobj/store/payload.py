@@ -57,7 +57,7 @@ class PayloadIO:
         An existing blob of the wrong size (left damaged by a crash before the
         commit's sync) is rewritten instead of being trusted for dedup.
         """
-        blob_id = keys.chunk_id(data)
+        blob_id = keys.payload_blob_id(kind, data)
         size = len(data) + crypto.ENVELOPE_OVERHEAD
         try:
             if self.blobs.stat(blob_id)[0] == size:
@@ -165,7 +165,7 @@ class PayloadIO:
         except NotFoundError as e:
             raise IntegrityError(f"payload blob {blob_id.hex()} is missing") from e
         plain = crypto.open_blob(blob, kind, keys, pid, blob_id)
-        if keys.chunk_id(plain) != blob_id:
+        if keys.payload_blob_id(kind, plain) != blob_id:
             raise IntegrityError(f"payload blob {blob_id.hex()} does not match its id")
         return plain
 

@@ -1,0 +1,162 @@
+"""Open files: what one inode has while handles are open on it.
+
+Owns: the state shared by every handle of one open inode — the committed
+version it started from (``base``), the attributes and headers the next
+version will carry, the write staging, the payload reader — and the byte
+stream a commit reads (base payload overlaid with the staging). One
+``OpenFile`` per inode, so reads through any handle see the writes of every
+other handle before they are committed.
+
+Concurrency: an ``OpenFile`` belongs to the trio thread. Its ``lock`` is held
+by a commit for its whole duration (the worker thread reads the staging then)
+and by every write, truncate and staged read, so no handle changes or frees
+the staging under a commit.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import BinaryIO
+
+import trio
+
+from fsobj.fs.reader import PayloadReader
+from fsobj.fs.staging import BASE, DIRTY, Staging
+from fsobj.fs.tree import Ref
+from fsobj.model.header import Posix
+from fsobj.store import PartitionView, Store, Version
+
+Source = Callable[[], BinaryIO | bytes]
+
+
+@dataclass
+class Handle:
+    fh: int
+    ino: int
+    writable: bool
+    flushed: bool = True  # no write since this handle's last flush (close)
+
+
+@dataclass
+class OpenFile:
+    ino: int
+    pid: bytes
+    ref: Ref | None  # None: a version file (read-only)
+    sort_key: str
+    base: Version | None  # None: a new file with no committed version yet
+    posix: Posix
+    headers: tuple[tuple[str, str], ...] = ()
+    read_only: bool = False
+    staging: Staging | None = None
+    dirty: bool = False
+    unlinked: bool = False
+    handles: set[int] = field(default_factory=set)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    _reader: PayloadReader | None = None
+
+    # ------------------------------------------------------------ state
+    @property
+    def size(self) -> int:
+        if self.staging is not None:
+            return self.staging.size
+        return self.base.length if self.base is not None else 0
+
+    def reader(self, store: Store, view: PartitionView) -> PayloadReader | None:
+        if self.base is None:
+            return None
+        if self._reader is None or self._reader.version.hash != self.base.hash:
+            self._reader = PayloadReader(store, view, self.base)
+        return self._reader
+
+    def ensure_staging(self, spill_dir: str | None) -> Staging:
+        if self.staging is None:
+            self.staging = Staging(self.base.length if self.base is not None else 0, spill_dir)
+        return self.staging
+
+    def touch(self, mtime_ns: int | None = None) -> None:
+        """A change to the content: the next version gets a new mtime."""
+        self.dirty = True
+        self.posix = replace(self.posix, mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns())
+
+    def committed(self, version: Version) -> None:
+        """``version`` now holds everything staged: drop the plaintext."""
+        self.base = version
+        self.posix = version.header.posix
+        self.headers = version.header.headers
+        self.sort_key = version.sort_key
+        self.dirty = False
+        self.drop_staging()
+
+    def rebase(self, version: Version) -> None:
+        """Follow a version committed by someone else (only when nothing is staged)."""
+        assert not self.dirty
+        self.base = version
+        self.posix = version.header.posix
+        self.headers = version.header.headers
+        self.sort_key = version.sort_key
+
+    def drop_staging(self) -> None:
+        if self.staging is not None:
+            self.staging.close()
+            self.staging = None
+
+    def writers(self, handles: dict[int, Handle]) -> list[Handle]:
+        return [handles[fh] for fh in self.handles if fh in handles and handles[fh].writable]
+
+    # ------------------------------------------------------------ commit source
+    @property
+    def payload_changed(self) -> bool:
+        return self.staging is not None or self.base is None
+
+    def source(self, store: Store, view: PartitionView) -> Source:
+        """A factory of the byte stream of the next version (called in a worker thread).
+
+        A factory, because a conflict copy reads the same bytes a second time.
+        """
+        staging = self.staging
+        reader = self.reader(store, view)
+        if staging is None:
+            # the payload is the base's (commits pass source=... then; a conflict copy reads it)
+            return lambda: _IterStream(reader.iter_range(0, reader.length)) if reader else b""
+        small = staging.memory_bytes()
+        if small is not None:
+            return lambda: small
+        return lambda: _IterStream(_compose(staging, reader))
+
+
+def _compose(staging: Staging, reader: PayloadReader | None) -> Iterator[bytes]:
+    """The logical content: dirty pieces from the staging, base pieces from the reader, zeros for holes."""
+    step = 1024 * 1024
+    for piece in staging.pieces(0, staging.size):
+        if piece.kind == BASE:
+            assert reader is not None
+            yield from reader.iter_range(piece.start, piece.end)
+            continue
+        for pos in range(piece.start, piece.end, step):
+            n = min(step, piece.end - pos)
+            yield staging.read_dirty(pos, n) if piece.kind == DIRTY else bytes(n)
+
+
+class _IterStream(io.RawIOBase):
+    """A read-only stream over an iterator of byte strings."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buf:
+            try:
+                self._buf = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n

@@ -1,0 +1,176 @@
+"""Store-side work of filesystem operations, one logical operation per call.
+
+Owns: the sequences of store calls behind a filesystem operation (commit an
+open file, a conflict copy, a metadata version, a rename of a whole
+directory). Every public function here runs whole in one worker thread
+(``trio.to_thread.run_sync``), so the SQLite calls of one operation stay
+together on that thread's connection, and a multi-version change runs inside
+one ``Store.batch()`` (one transaction: atomic for readers). Nothing here
+touches the mount's in-memory state (tree, inodes, open files): that belongs
+to the trio thread, which applies the returned versions.
+
+Each call returns a :class:`Done`: the result plus the index generation
+before and after, so the caller can tell whether only its own transactions
+happened in between (then its in-memory tree is still current).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Generic, TypeVar
+
+from fsobj.errors import ConflictError, NotFoundError
+from fsobj.fs.tree import conflict_key
+from fsobj.model.header import Posix
+from fsobj.store import PartitionView, Store, Version
+
+log = logging.getLogger("fsobj.fs")
+
+T = TypeVar("T")
+RETRIES = 3
+
+Change = Callable[[Posix, tuple[tuple[str, str], ...]], tuple[Posix, tuple[tuple[str, str], ...]]]
+
+
+@dataclass
+class Done(Generic[T]):
+    value: T
+    gen_before: int
+    gen_after: int
+    txns: int
+
+
+def run(store: Store, fn: Callable[..., tuple[T, int]], *args: Any) -> Done[T]:
+    """Run ``fn(store, *args) -> (value, transactions)`` and note the generations around it."""
+    before = store.index.generation()
+    value, txns = fn(store, *args)
+    return Done(value, before, store.index.generation(), txns)
+
+
+@contextlib.contextmanager
+def batch(store: Store) -> Iterator[bool]:
+    """``Store.batch()`` when the store has it: the versions inside commit as one transaction."""
+    group = getattr(store, "batch", None)
+    if group is None:
+        yield False
+        return
+    with group():
+        yield True
+
+
+def head(store: Store, view: PartitionView, base_hash: bytes) -> Version:
+    """The current version of a series (by baseHash), read from the index."""
+    row = store.index.head(base_hash)
+    if row is None:
+        raise NotFoundError(f"no object with baseHash {base_hash.hex()}")
+    return store.load_version(row.head_hash, view)
+
+
+# ---------------------------------------------------------------- one object
+
+
+@dataclass
+class DataJob:
+    """What an open file commits."""
+
+    view: PartitionView
+    prev: Version | None
+    sort_key: str
+    posix: Posix
+    headers: tuple[tuple[str, str], ...]
+    source: Callable[[], BinaryIO | bytes]
+    payload_changed: bool
+
+
+def commit_data(store: Store, job: DataJob) -> tuple[Version, int]:
+    """One new version of an open file (``ConflictError`` if its series moved on)."""
+    source: object = job.source() if job.payload_changed else ...
+    v = store.commit(
+        job.view,
+        job.prev,
+        sort_key=job.sort_key,
+        source=source,
+        posix=job.posix,
+        headers=job.headers,
+        exclusive=job.prev is None,
+    )
+    return v, 1
+
+
+def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> tuple[Version, int]:
+    """Commit the writer's data as a new object ``<key>.conflict-<hash8>`` next to the file."""
+    tag = winner or (job.prev.hash if job.prev is not None else os.urandom(32))
+    v = store.commit(
+        job.view, None, sort_key=conflict_key(job.sort_key, tag), source=job.source(), posix=job.posix,
+        headers=job.headers,
+    )
+    return v, 1
+
+
+def update_meta(store: Store, view: PartitionView, base_hash: bytes, change: Change) -> tuple[Version | None, int]:
+    """A metadata version (same payload) of the series' current head; None if nothing changes."""
+    for attempt in range(RETRIES):
+        prev = head(store, view, base_hash)
+        posix, headers = change(prev.header.posix, prev.header.headers)
+        if posix == prev.header.posix and headers == prev.header.headers:
+            return None, 0
+        try:
+            return store.commit(view, prev, posix=posix, headers=headers), 1
+        except ConflictError:
+            if attempt == RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def create(
+    store: Store, view: PartitionView, sort_key: str, payload: bytes, posix: Posix
+) -> tuple[Version, int]:
+    """A new object; ``ConflictError`` if a live object took the sort key meanwhile."""
+    return store.commit(view, None, sort_key=sort_key, source=payload, posix=posix, exclusive=True), 1
+
+
+# ---------------------------------------------------------------- namespace changes
+
+
+@dataclass
+class Namespace:
+    """A change to names, committed atomically: moves, tombstones and new directory markers."""
+
+    view: PartitionView
+    moves: list[tuple[bytes, str]]  # (baseHash, new sort key)
+    removals: list[bytes]  # baseHashes to tombstone
+    markers: list[tuple[str, Posix]]  # (marker sort key, attributes) to create
+
+
+def change_names(store: Store, ns: Namespace) -> tuple[list[Version], int]:
+    """Apply ``ns`` in one transaction (retrying if a head moved underneath)."""
+    for attempt in range(RETRIES):
+        try:
+            return _change_names_once(store, ns)
+        except ConflictError as e:
+            if attempt == RETRIES - 1:
+                raise
+            log.debug("namespace change conflicted (%s); retrying", e)
+    raise AssertionError("unreachable")
+
+
+def _change_names_once(store: Store, ns: Namespace) -> tuple[list[Version], int]:
+    out: list[Version] = []
+    view = ns.view
+    with batch(store) as grouped:
+        for base_hash in ns.removals:
+            prev = head(store, view, base_hash)
+            if not prev.tombstone:
+                out.append(store.commit(view, prev, source=None, tombstone=True))
+        for base_hash, new_key in ns.moves:
+            prev = head(store, view, base_hash)
+            out.append(store.commit(view, prev, sort_key=new_key))
+        for key, posix in ns.markers:
+            # not exclusive: if another writer made the same marker meanwhile, two markers
+            # of one directory are harmless (the tree uses the first)
+            out.append(store.commit(view, None, sort_key=key, source=b"", posix=posix))
+    return out, (1 if grouped else len(out))

@@ -1,0 +1,445 @@
+"""The on-disk format (docs/format.md) against the test vectors in tests/vectors/v1.json.
+
+Every vector is checked against the code; the chunker is also checked against
+the reference algorithm written out in the specification.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+from fsobj import chunking, crypto, identity
+from fsobj.errors import FormatError, IdentityError, IntegrityError
+from fsobj.model import cbor
+from fsobj.model.header import (
+    VersionHeader,
+    decode_chunk_list,
+    decode_header_blob,
+    encode_chunk_list,
+    encode_header_blob,
+    verify_signatures,
+)
+from fsobj.model.partition import PartitionRecord, id_object, partition_id
+from fsobj.store import MARKER, check_store
+
+ROOT = Path(__file__).resolve().parent.parent
+V = json.loads((ROOT / "tests" / "vectors" / "v1.json").read_text())
+
+
+def h(s: str) -> bytes:
+    return bytes.fromhex(s)
+
+
+def untag(v: Any) -> Any:
+    """JSON vector value -> CBOR value (``{"$bytes": hex}`` -> bytes)."""
+    if isinstance(v, dict):
+        if set(v) == {"$bytes"}:
+            return h(v["$bytes"])
+        return {k: untag(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [untag(x) for x in v]
+    return v
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that also compares types (so True != 1 and b"" != "")."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def ident(name: str) -> crypto.Identity:
+    d = V["identities"][name]
+    return crypto.Identity.from_private_bytes(d["name"], h(d["ed25519_seed"]) + h(d["x25519_private"]))
+
+
+def keys() -> crypto.EpochKeys:
+    return crypto.EpochKeys.from_epoch_key(V["epoch_keys"]["epoch"], h(V["epoch_keys"]["epoch_key"]))
+
+
+PID = h(V["partition_id"]["partition_id"])
+
+
+# ---------------------------------------------------------------- constants and the document
+
+
+def test_constants_match_the_spec():
+    assert V["format_version"] == 1
+    assert crypto.MAGIC == b"FSOB" and crypto.ENVELOPE_VERSION == 1
+    assert (crypto.ALG_NONE, crypto.ALG_AES256GCM) == (0, 1)
+    assert (crypto.KIND_CHUNK, crypto.KIND_HEADER, crypto.KIND_CHUNK_LIST, crypto.KIND_PARTITION) == (1, 2, 3, 4)
+    assert crypto.ENVELOPE_HEAD_LEN == 23 and crypto.NONCE_LEN == 12 and crypto.TAG_LEN == 16
+    assert crypto.ENVELOPE_OVERHEAD == 39
+    assert (crypto.SCRYPT_N, crypto.SCRYPT_R, crypto.SCRYPT_P) == (2**15, 8, 1)
+
+
+def test_document_quotes_every_context_string_and_prefix():
+    doc = (ROOT / "docs" / "format.md").read_text()
+    for ctx in (crypto.CTX_BLOB_KEY, crypto.CTX_CHUNK_ID, crypto.CTX_SORT_KEY, crypto.CTX_CDC_SEED,
+                crypto.CTX_USER_ID, crypto.CTX_WRAP):
+        assert f'"{ctx}"' in doc, ctx
+    for prefix in (crypto.SIG_PARTITION, crypto.SIG_SESSION, crypto.SIG_INTEGRITY, crypto.SIG_KX):
+        text = prefix[:-1].decode("ascii")
+        assert f'"{text}" 00' in doc, prefix
+    assert "tests/vectors/v1.json" in doc
+
+
+# ---------------------------------------------------------------- canonical CBOR
+
+
+@pytest.mark.parametrize("case", V["cbor"]["valid"], ids=lambda c: c["hex"][:24])
+def test_cbor_valid(case):
+    value = untag(case["value"])
+    assert cbor.encode(value).hex() == case["hex"]
+    assert same(cbor.decode(h(case["hex"])), value)
+
+
+@pytest.mark.parametrize("case", V["cbor"]["invalid"], ids=lambda c: c["why"])
+def test_cbor_invalid(case):
+    with pytest.raises(FormatError):
+        cbor.decode(h(case["hex"]))
+
+
+# ---------------------------------------------------------------- ids and keys
+
+
+@pytest.mark.parametrize("name", sorted(V["identities"]))
+def test_identity_keys_and_user_id(name):
+    d = V["identities"][name]
+    me = ident(name)
+    assert me.public.sign_pub.hex() == d["sign_pub"]
+    assert me.public.kx_pub.hex() == d["kx_pub"]
+    assert me.public.kx_sig.hex() == d["kx_sig"]
+    assert crypto.user_id_for(h(d["sign_pub"])).hex() == d["user_id"] == me.user_id.hex()
+    me.public.check()
+    assert crypto.derive(crypto.CTX_USER_ID, h(d["sign_pub"])).hex() == d["user_id"]
+
+
+def test_partition_id():
+    p = V["partition_id"]
+    ido = id_object(p["name"], h(p["owner"]))
+    assert same(ido, untag(p["id_object"]))
+    assert cbor.encode(ido).hex() == p["id_object_cbor"]
+    assert partition_id(p["name"], h(p["owner"])).hex() == p["partition_id"]
+    assert crypto.hash_bytes(h(p["id_object_cbor"])).hex() == p["partition_id"]
+    assert p["owner"] == V["identities"]["alice"]["user_id"]
+
+
+def test_epoch_keys():
+    e = V["epoch_keys"]
+    k = keys()
+    assert k.epoch == e["epoch"]
+    assert k.blob_key.hex() == e["blob_key"]
+    assert k.chunk_id_key.hex() == e["chunk_id_key"]
+    assert k.sort_key_key.hex() == e["sort_key_key"] and len(k.sort_key_key) == 64
+    assert k.cdc_seed == e["cdc_seed"] and 0 <= k.cdc_seed < 2**32
+
+
+def test_chunk_id():
+    c = V["chunk"]
+    assert keys().chunk_id(h(c["plaintext"])).hex() == c["chunk_id"]
+
+
+def test_sealed_sort_key():
+    s = V["sort_key"]
+    k = keys()
+    assert k.seal_sort_key(h(s["partition_id"]), s["sort_key"]).hex() == s["sealed"]
+    assert k.open_sort_key(h(s["partition_id"]), h(s["sealed"])) == s["sort_key"]
+    with pytest.raises(IntegrityError):
+        k.open_sort_key(bytes(32), h(s["sealed"]))
+
+
+# ---------------------------------------------------------------- blob envelope
+
+
+def test_chunk_envelope_layout_and_open():
+    c = V["chunk"]
+    blob, nonce, pt = h(c["blob"]), h(c["nonce"]), h(c["plaintext"])
+    assert len(blob) == len(pt) + 23 + 16
+    assert blob[:4] == b"FSOB" and blob[4:7] == bytes([1, c["kind"], 1])
+    assert struct.unpack(">I", blob[7:11])[0] == c["epoch"]
+    assert blob[11:23] == nonce
+    assert h(c["associated_data"]) == blob[:23] + PID + h(c["chunk_id"])
+    assert crypto.envelope_epoch(blob, h(c["chunk_id"])) == (1, 0)
+    assert crypto.open_blob(blob, crypto.KIND_CHUNK, keys(), PID, h(c["chunk_id"])) == pt
+
+
+def _positions() -> list[int]:
+    n = len(h(V["chunk"]["blob"]))
+    return [*range(23), 23, n // 2, n - 17, n - 16, n - 1]
+
+
+@pytest.mark.parametrize("pos", _positions())
+def test_envelope_with_a_flipped_byte_is_refused(pos):
+    c = V["chunk"]
+    blob = bytearray(h(c["blob"]))
+    blob[pos] ^= 0x01
+    # the version (offset 4) and alg (offset 6) bytes name an unknown format
+    expected = FormatError if pos in (4, 6) else IntegrityError
+    with pytest.raises(expected):
+        crypto.open_blob(bytes(blob), crypto.KIND_CHUNK, keys(), PID, h(c["chunk_id"]))
+
+
+def test_envelope_bound_to_partition_id_kind_and_key():
+    c = V["chunk"]
+    blob, cid = h(c["blob"]), h(c["chunk_id"])
+    with pytest.raises(IntegrityError):
+        crypto.open_blob(blob, crypto.KIND_CHUNK, keys(), bytes(32), cid)
+    with pytest.raises(IntegrityError):
+        crypto.open_blob(blob, crypto.KIND_CHUNK, keys(), PID, bytes(32))
+    with pytest.raises(IntegrityError):
+        crypto.open_blob(blob, crypto.KIND_HEADER, keys(), PID, cid)
+    with pytest.raises(IntegrityError):
+        crypto.open_blob(blob, crypto.KIND_CHUNK, crypto.EpochKeys.from_epoch_key(0, bytes(32)), PID, cid)
+    with pytest.raises(IntegrityError):
+        crypto.open_blob(blob[:38], crypto.KIND_CHUNK, keys(), PID, cid)
+    future = bytearray(blob)
+    future[4] = 2  # envelope version 2
+    with pytest.raises(FormatError):
+        crypto.open_blob(bytes(future), crypto.KIND_CHUNK, keys(), PID, cid)
+
+
+def test_chunk_list_node():
+    n = V["chunk_list"]
+    entries = decode_chunk_list(h(n["plaintext"]))
+    assert [[e.id.hex(), e.length] for e in entries] == n["entries"]
+    assert encode_chunk_list(entries).hex() == n["plaintext"]
+    assert keys().chunk_id(h(n["plaintext"])).hex() == n["blob_id"]
+    assert crypto.open_blob(h(n["blob"]), crypto.KIND_CHUNK_LIST, keys(), PID, h(n["blob_id"])).hex() == n["plaintext"]
+
+
+# ---------------------------------------------------------------- partition record
+
+
+def test_partition_record():
+    r = V["partition_record"]
+    alice, bob = ident("alice"), ident("bob")
+    blob = h(r["blob"])
+    assert crypto.hash_bytes(blob).hex() == r["record_id"]
+    assert blob[:11] == b"FSOB" + bytes([1, 4, 0]) + bytes(4)
+    assert blob[11:].hex() == r["plaintext"]
+    outer = cbor.decode(h(r["plaintext"]))
+    assert same(outer["body"], untag(r["body"]))
+    assert cbor.encode(outer["body"]).hex() == r["body_cbor"]
+    assert outer["sig"].hex() == r["sig"]
+    crypto.verify_signature(alice.public.sign_pub, h(r["sig"]), crypto.SIG_PARTITION + h(r["body_cbor"]), "record")
+
+    rec = PartitionRecord.from_blob(blob, h(r["record_id"]))
+    assert rec.partition == PID and rec.seq == 2 and rec.current_epoch == 0
+    assert rec.owner == alice.public
+    assert rec.role_of(bob.user_id) == "write" and rec.role_of(alice.user_id) == "owner"
+    assert rec.writers_at(1) == {alice.user_id}
+    assert rec.writers_at(2) == {alice.user_id, bob.user_id}
+    assert rec.public_of(bob.user_id) == bob.public
+    assert rec.signed_blob(alice) == blob  # Ed25519 is deterministic
+    assert rec.body() == untag(r["body"])
+
+    epoch_key = h(V["epoch_keys"]["epoch_key"])
+    for w in r["wraps"]:
+        who = alice if w["recipient"] == alice.user_id.hex() else bob
+        assert rec.epochs[w["epoch"]][who.user_id].hex() == w["wrapped"]
+        assert who.unwrap(PID, w["epoch"], h(w["wrapped"])) == epoch_key
+        assert h(w["kek_input"]) == (
+            h(w["shared_secret"]) + h(w["ephemeral_public"]) + who.public.kx_pub + PID + w["epoch"].to_bytes(4, "big")
+        )
+        assert crypto.derive(crypto.CTX_WRAP, h(w["kek_input"])).hex() == w["kek"]
+    with pytest.raises(IntegrityError):
+        bob.unwrap(PID, 0, rec.epochs[0][alice.user_id])
+
+    ns = r["name_sealed"]
+    assert rec.name_sealed.hex() == ns["blob"]
+    plain = crypto.open_blob(rec.name_sealed, crypto.KIND_PARTITION, keys(), PID, b"")
+    assert plain.hex() == ns["plaintext"] == V["partition_id"]["id_object_cbor"]
+
+
+def test_partition_record_tampering_is_refused():
+    r = V["partition_record"]
+    blob = bytearray(h(r["blob"]))
+    with pytest.raises(IntegrityError):  # id no longer matches
+        PartitionRecord.from_blob(bytes(blob[:-1]) + b"\x00", h(r["record_id"]))
+    sig_at = bytes(blob).index(h(r["sig"]))
+    blob[sig_at] ^= 0x01
+    with pytest.raises(IntegrityError):  # id recomputed, signature fails
+        PartitionRecord.from_blob(bytes(blob), crypto.hash_bytes(bytes(blob)))
+
+
+# ---------------------------------------------------------------- version headers
+
+
+@pytest.mark.parametrize("i", range(len(V["versions"])))
+def test_version_header(i):
+    v = V["versions"][i]
+    body = untag(v["body"])
+    header = VersionHeader.from_body(cbor.decode(h(v["body_cbor"])))
+    assert same(header.body(), body)
+    assert header.encode_body().hex() == v["body_cbor"]
+    assert header.absolute_hash().hex() == v["absolute_hash"]
+    assert crypto.hash_bytes(h(v["body_cbor"])).hex() == v["absolute_hash"]
+    assert header.base_hash(h(v["absolute_hash"])).hex() == v["base_hash"]
+
+    author = ident(v["author_name"])
+    assert header.author == author.user_id
+    s = body["session"]
+    assert crypto.session_message(author.user_id, s["key"], s["expires"]).hex() == v["session_message"]
+    assert (crypto.SIG_INTEGRITY + h(v["absolute_hash"])).hex() == v["integrity_message"]
+    assert encode_header_blob(header, h(v["integrity"])).hex() == v["plaintext"]
+
+    blob = h(v["blob"])
+    assert blob[:11] == b"FSOB" + bytes([1, 2, 1]) + bytes(4) and blob[11:23].hex() == v["nonce"]
+    plain = crypto.open_blob(blob, crypto.KIND_HEADER, keys(), PID, h(v["absolute_hash"]))
+    assert plain.hex() == v["plaintext"]
+    got, integrity = decode_header_blob(plain, h(v["absolute_hash"]))
+    assert got == header and integrity.hex() == v["integrity"]
+    verify_signatures(got, h(v["absolute_hash"]), integrity, author.public.sign_pub)
+    rec = PartitionRecord.from_blob(h(V["partition_record"]["blob"]), h(V["partition_record"]["record_id"]))
+    assert author.user_id in rec.writers_at(header.acl)
+    with pytest.raises(IntegrityError):
+        decode_header_blob(plain, bytes(32))
+    with pytest.raises(IntegrityError):
+        verify_signatures(got, h(v["absolute_hash"]), integrity, ident("bob" if i == 0 else "alice").public.sign_pub)
+    with pytest.raises(IntegrityError):
+        verify_signatures(got, bytes(32), integrity, author.public.sign_pub)
+
+
+def test_series_links():
+    v1, v2 = (untag(v["body"]) for v in V["versions"])
+    assert v1["seq"] == 1 and v1["base"] is None and v1["prev"] is None
+    assert V["versions"][0]["base_hash"] == V["versions"][0]["absolute_hash"]
+    assert v2["seq"] == 2 and v2["tombstone"] is True and v2["chunks"] == [] and v2["length"] == 0
+    assert v2["base"].hex() == v2["prev"].hex() == V["versions"][0]["absolute_hash"]
+    assert V["versions"][1]["base_hash"] == V["versions"][0]["absolute_hash"]
+    assert v1["checksum"] == crypto.hash_bytes(h(V["chunk"]["plaintext"]))
+    assert v2["checksum"] == crypto.hash_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seq": True},
+        {"seq": 0},
+        {"created": -1},
+        {"partition": b"short"},
+        {"checksum": "not bytes"},
+        {"tombstone": 0},
+        {"chunks": [[b"\x00" * 32]]},
+        {"tree": [b"\x00" * 32, 0]},
+        {"epoch": 2**32},
+        {"sort_key": ""},
+        {"headers": [["k"]]},
+        {"extra": 1},
+        {"posix": {"type": "file", "mode": 420, "uid": 0, "gid": 0, "mtime": 0}},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_malformed_header_body_is_refused(change):
+    body = {**untag(V["versions"][0]["body"]), **change}
+    with pytest.raises(FormatError):
+        VersionHeader.from_body(body)
+
+
+def test_header_without_session_fails_verification():
+    v = V["versions"][0]
+    header = VersionHeader.from_body(untag(v["body"])).with_(session={"key": "x", "expires": 1, "sig": b""})
+    with pytest.raises(IntegrityError):
+        verify_signatures(header, header.absolute_hash(), h(v["integrity"]), ident("alice").public.sign_pub)
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_identity_file(tmp_path):
+    f = V["identity_file"]
+    path = tmp_path / "identity.json"
+    path.write_text(f["json"])
+    alice = ident("alice")
+    me = identity.load(path, f["passphrase"])
+    assert me.private_bytes() == alice.private_bytes() and me.user_id == alice.user_id
+    assert identity.load_public(path) == alice.public
+    doc = json.loads(f["json"])
+    assert crypto.passphrase_key(f["passphrase"], h(doc["kdf"]["salt"]), 2**15, 8, 1).hex() == f["scrypt_key"]
+    with pytest.raises(IdentityError):
+        identity.load(path, "wrong passphrase")
+
+
+def test_public_identity_export(tmp_path):
+    p = V["public_identity"]
+    alice = ident("alice")
+    assert identity.export_public(alice.public) == p["json"]
+    path = tmp_path / "alice.pub.json"
+    path.write_text(p["json"])
+    assert identity.load_public(path) == alice.public
+
+
+def test_store_marker(tmp_path):
+    (tmp_path / MARKER).write_text(V["store_marker"]["json"])
+    assert check_store(tmp_path) == json.loads(V["store_marker"]["json"])
+    doc = json.loads(V["store_marker"]["json"])
+    (tmp_path / MARKER).write_text(json.dumps({**doc, "version": 2}))
+    with pytest.raises(FormatError):
+        check_store(tmp_path)
+    (tmp_path / MARKER).unlink()
+    with pytest.raises(FormatError):
+        check_store(tmp_path)
+
+
+# ---------------------------------------------------------------- chunking
+
+
+def _reference_chunker(buf: bytes, seed: int, gear: list[int], mask_s: int, mask_l: int) -> list[int]:
+    """The cut-point algorithm exactly as docs/format.md ("Chunking") states it."""
+    m64 = (1 << 64) - 1
+    g = [x ^ seed for x in gear]
+    lengths, start = [], 0
+    while start < len(buf):
+        remaining = len(buf) - start
+        cut = remaining
+        if remaining > chunking.MIN_SIZE:
+            center = chunking.AVG_SIZE
+            if remaining > chunking.MAX_SIZE:
+                remaining = cut = chunking.MAX_SIZE
+            elif remaining < center:
+                center = remaining
+            fp, mid, end = 0, center - center % 2, remaining - remaining % 2
+            for i in range(chunking.MIN_SIZE - chunking.MIN_SIZE % 2, end):
+                fp = ((fp << 1) + g[buf[start + i]]) & m64
+                if fp & (mask_s if i < mid else mask_l) == 0:
+                    cut = i
+                    break
+        lengths.append(cut)
+        start += cut
+    return lengths
+
+
+def test_chunking_parameters_and_gear_table():
+    from pyfastcdc.py.constants import GEAR, MASKS
+
+    c = V["chunking"]
+    assert (chunking.AVG_SIZE, chunking.MIN_SIZE, chunking.MAX_SIZE) == (c["avg_size"], c["min_size"], c["max_size"])
+    assert blake3.blake3(struct.pack("<256Q", *GEAR)).hexdigest() == c["gear_table_blake3"]
+    assert MASKS[19 + 1] == int(c["mask_s"], 16) and MASKS[19 - 1] == int(c["mask_l"], 16)
+
+
+def test_chunk_boundaries():
+    from pyfastcdc.py.constants import GEAR
+
+    c = V["chunking"]
+    b = c["buffer"]
+    buf = blake3.blake3(b["input"].encode(), key=h(b["blake3_xof_key"])).digest(b["length"])
+    assert blake3.blake3(buf).hexdigest() == b["blake3"]
+    assert V["epoch_keys"]["cdc_seed"] in [case["seed"] for case in c["cases"]]
+    for case in c["cases"]:
+        assert [len(x) for x in chunking.split_bytes(buf, case["seed"])] == case["lengths"]
+        assert [len(x) for x in chunking.split_stream(io.BytesIO(buf), case["seed"])] == case["lengths"]
+        ref = _reference_chunker(buf, case["seed"], list(GEAR), int(c["mask_s"], 16), int(c["mask_l"], 16))
+        assert ref == case["lengths"]

@@ -1,0 +1,592 @@
+"""The store API against real SQLite and blob files: round trips, versions,
+delete/purge, deduplication, ordering, access control and a full disk."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fsobj.blobs.local as local_blobs
+from fsobj import crypto
+from fsobj.errors import (
+    AccessDeniedError,
+    DeletedError,
+    IntegrityError,
+    NoSpaceError,
+    NotFoundError,
+    UsageError,
+)
+from fsobj.model.header import MAX_INLINE_CHUNKS
+from fsobj.store import Store
+
+MiB = 1024 * 1024
+
+_names = itertools.count()
+
+
+def rand_bytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def blob_files(root: Path) -> set[Path]:
+    return {p for p in (root / "blobs").rglob("*") if p.is_file()}
+
+
+def fresh_partition(store: Store) -> bytes:
+    return store.create_partition(f"p{next(_names)}").id
+
+
+def chunk_ids(store: Store, version) -> list[bytes]:
+    keys = store.partition(version.header.partition).epoch_keys(version.header.epoch)
+    return [c.id for c in store.payloads.chunk_refs(version.header, keys)]
+
+
+def version_count(store: Store) -> int:
+    return store.index.stats()["versions"]
+
+
+sort_keys = st.text(
+    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=40
+)
+
+payloads = st.one_of(
+    st.binary(max_size=4096),
+    st.builds(rand_bytes, st.integers(0, 3 * MiB), st.integers(0, 2**32)),
+    # highly repetitive data: max-size chunks, identical chunks inside one payload
+    st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 3 * MiB), st.integers(0, 255)),
+)
+
+
+@pytest.fixture(scope="module")
+def big_data() -> bytes:
+    """56 MiB of random data: well over MAX_INLINE_CHUNKS chunks (~640 KiB mean), so a chunk-list tree."""
+    return rand_bytes(56 * MiB, 40)
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=sort_keys, data=payloads)
+def test_put_get_roundtrip(store: Store, key: str, data: bytes) -> None:
+    pid = fresh_partition(store)
+    v = store.put(pid, key, data)
+    assert v.sort_key == key
+    assert v.length == len(data)
+    assert v.header.seq == 1 and v.base_hash == v.hash
+    got = store.get(pid, key)
+    assert got.hash == v.hash
+    assert got.sort_key == key
+    assert store.read_bytes(got) == data
+    assert store.read_bytes(store.get_hash(v.hash)) == data
+    [entry] = store.list(pid)
+    assert (entry.sort_key, entry.head_hash, entry.length) == (key, v.hash, len(data))
+
+
+def test_roundtrip_survives_reopen(store_dir: Path, alice, open_store) -> None:
+    s1 = open_store(store_dir, alice)
+    pid = s1.create_partition("docs").id
+    data = rand_bytes(3 * MiB + 17, 1)
+    v = s1.put(pid, "päth/ünïcode/😀", data)
+    s1.close()
+    s2 = open_store(store_dir, alice)
+    got = s2.get("docs", "päth/ünïcode/😀")
+    assert got.hash == v.hash
+    assert s2.read_bytes(got) == data
+
+
+def test_empty_payload(store: Store) -> None:
+    pid = fresh_partition(store)
+    v = store.put(pid, "empty", b"")
+    assert v.length == 0
+    assert v.header.chunks == ()
+    assert store.read_bytes(store.get(pid, "empty")) == b""
+
+
+def test_large_payload_uses_chunk_list_tree(store_dir: Path, alice, open_store, big_data: bytes) -> None:
+    store = open_store(store_dir, alice)
+    pid = fresh_partition(store)
+    v = store.put(pid, "big", big_data)
+    assert v.header.chunks is None
+    assert v.header.tree is not None
+    root, depth = v.header.tree
+    assert depth >= 1 and store.blobs.path(root).is_file()
+    assert len(chunk_ids(store, v)) > MAX_INLINE_CHUNKS
+    assert store.read_bytes(store.get(pid, "big")) == big_data
+    # and from a separately opened store
+    other = open_store(store_dir, alice)
+    assert other.read_bytes(other.get(pid, "big")) == big_data
+
+
+def test_small_edit_in_big_payload_stores_few_new_blobs(store_dir: Path, store: Store, big_data: bytes) -> None:
+    pid = fresh_partition(store)
+    v1 = store.put(pid, "big", big_data)
+    before = blob_files(store_dir)
+    edited = bytearray(big_data)
+    mid = len(edited) // 2
+    edited[mid : mid + 16] = b"0123456789abcdef"
+    v2 = store.put(pid, "big", bytes(edited))
+    new = blob_files(store_dir) - before
+    # the chunk(s) around the edit, the chunk-list root, the header: nothing else
+    assert 2 <= len(new) <= 5, len(new)
+    assert store.blobs.path(v2.hash) in new
+    assert store.read_bytes(store.get(pid, "big")) == bytes(edited)
+    assert store.read_bytes(store.get_hash(v1.hash, exact=True)) == big_data
+    shared = set(chunk_ids(store, v1)) & set(chunk_ids(store, v2))
+    assert len(shared) >= len(chunk_ids(store, v1)) - 3
+
+
+# ---------------------------------------------------------------- versions, hashes, log
+
+
+def test_get_by_absolute_hash(store: Store) -> None:
+    pid = fresh_partition(store)
+    v1 = store.put(pid, "k", b"one")
+    v2 = store.put(pid, "k", b"two")
+    v3 = store.put(pid, "k", b"three")
+    assert v2.header.prev == v1.hash and v3.header.prev == v2.hash
+    assert v1.base_hash == v2.base_hash == v3.base_hash == v1.hash
+    for v, data in ((v1, b"one"), (v2, b"two"), (v3, b"three")):
+        got = store.get_hash(v.hash, exact=True)
+        assert got.hash == v.hash
+        assert store.read_bytes(got) == data
+    # a later version's absoluteHash names that version, exact or not
+    assert store.get_hash(v2.hash).hash == v2.hash
+
+
+def test_get_by_base_hash_gives_latest(store: Store) -> None:
+    """A baseHash (= the first version's absoluteHash) gives the series' latest version."""
+    pid = fresh_partition(store)
+    v1 = store.put(pid, "k", b"one")
+    store.put(pid, "k", b"two")
+    v3 = store.put(pid, "k", b"three")
+    got = store.get_hash(v1.base_hash)
+    assert got.hash == v3.hash
+    assert store.read_bytes(got) == b"three"
+    t = store.delete(pid, "k")
+    assert store.get_hash(v1.base_hash).hash == t.hash  # the latest may be a tombstone
+
+
+def test_get_hash_unknown(store: Store) -> None:
+    fresh_partition(store)
+    with pytest.raises(NotFoundError):
+        store.get_hash(os.urandom(32))
+
+
+def test_log_is_oldest_first_and_includes_tombstones(store: Store) -> None:
+    pid = fresh_partition(store)
+    v1 = store.put(pid, "k", b"one")
+    v2 = store.put(pid, "k", b"two")
+    t = store.delete(pid, "k")
+    assert t.tombstone and t.length == 0 and t.header.prev == v2.hash
+    log = store.log(pid, "k")
+    assert [v.hash for v in log] == [v1.hash, v2.hash, t.hash]
+    assert [v.header.seq for v in log] == [1, 2, 3]
+    assert [v.tombstone for v in log] == [False, False, True]
+
+
+def test_delete_then_get_raises_but_history_readable(store: Store) -> None:
+    pid = fresh_partition(store)
+    v1 = store.put(pid, "k", b"one")
+    v2 = store.put(pid, "k", b"two")
+    store.put(pid, "other", b"x")
+    t = store.delete(pid, "k")
+    with pytest.raises(DeletedError) as ei:
+        store.get(pid, "k")
+    assert ei.value.tombstone == t.hash
+    assert store.read_bytes(store.get_hash(v1.hash, exact=True)) == b"one"
+    assert store.read_bytes(store.get_hash(v2.hash)) == b"two"
+    assert [store.read_bytes(v) for v in store.log(pid, "k")[:2]] == [b"one", b"two"]
+    assert [e.sort_key for e in store.list(pid)] == ["other"]
+    listed = store.list(pid, include_deleted=True)
+    assert [(e.sort_key, e.tombstone) for e in listed] == [("k", True), ("other", False)]
+    # a put after a delete starts a new object
+    v4 = store.put(pid, "k", b"again")
+    assert v4.header.seq == 1 and v4.base_hash != v1.base_hash
+    assert store.read_bytes(store.get(pid, "k")) == b"again"
+
+
+def test_delete_of_deleted_object_raises_deleted_error(store: Store) -> None:
+    """Store.delete: an object whose latest version is a tombstone is 'already deleted'."""
+    pid = fresh_partition(store)
+    store.put(pid, "k", b"one")
+    t = store.delete(pid, "k")
+    with pytest.raises(DeletedError) as ei:
+        store.delete(pid, "k")
+    assert ei.value.tombstone == t.hash
+    assert [v.hash for v in store.log(pid, "k")][-1] == t.hash
+
+
+def test_delete_missing(store: Store) -> None:
+    pid = fresh_partition(store)
+    with pytest.raises(NotFoundError):
+        store.delete(pid, "nope")
+    with pytest.raises(NotFoundError):
+        store.get(pid, "nope")
+
+
+def test_user_headers_kept_across_versions(store: Store) -> None:
+    pid = fresh_partition(store)
+    store.put(pid, "k", b"1", headers=[("content-type", "text/plain")])
+    v2 = store.put(pid, "k", b"2")
+    assert v2.header.headers == (("content-type", "text/plain"),)
+    v3 = store.put(pid, "k", b"3", headers=[])
+    assert v3.header.headers == ()
+
+
+def test_invalid_sort_keys_rejected(store: Store) -> None:
+    pid = fresh_partition(store)
+    for bad in ("", "a\x00b", "x" * 4097, "\ud800"):
+        with pytest.raises(UsageError):
+            store.put(pid, bad, b"data")
+    assert store.list(pid) == []
+
+
+# ---------------------------------------------------------------- dedup and purge
+
+
+def test_identical_content_stores_no_new_chunks(store_dir: Path, store: Store) -> None:
+    pid = fresh_partition(store)
+    data = rand_bytes(3 * MiB, 7)
+    v1 = store.put(pid, "a", data)
+    assert len(chunk_ids(store, v1)) >= 2
+    before = blob_files(store_dir)
+    v2 = store.put(pid, "b", data)  # another object, same content
+    assert blob_files(store_dir) - before == {store.blobs.path(v2.hash)}
+    before = blob_files(store_dir)
+    v3 = store.put(pid, "a", data)  # a new version, same content
+    assert blob_files(store_dir) - before == {store.blobs.path(v3.hash)}
+    assert chunk_ids(store, v1) == chunk_ids(store, v2) == chunk_ids(store, v3)
+    assert store.read_bytes(store.get(pid, "b")) == data
+
+
+def test_purge_frees_unreferenced_chunks_and_keeps_shared_ones(store_dir: Path, store: Store) -> None:
+    pid = fresh_partition(store)
+    shared = rand_bytes(3 * MiB, 1)
+    unique = rand_bytes(3 * MiB, 2)
+    va1 = store.put(pid, "a", shared)
+    va2 = store.put(pid, "a", unique)
+    vb = store.put(pid, "b", shared)
+    shared_ids = set(chunk_ids(store, va1))
+    unique_ids = set(chunk_ids(store, va2))
+    assert shared_ids and unique_ids and not shared_ids & unique_ids
+    before = blob_files(store_dir)
+
+    removed, freed = store.purge(pid, "a")
+
+    assert removed == 2
+    assert freed == len(unique_ids)
+    gone = before - blob_files(store_dir)
+    assert gone == {store.blobs.path(h) for h in (va1.hash, va2.hash, *unique_ids)}
+    for h in shared_ids:
+        assert store.blobs.path(h).is_file()
+    assert store.read_bytes(store.get(pid, "b")) == shared
+    assert store.get(pid, "b").hash == vb.hash
+    with pytest.raises(NotFoundError):
+        store.get(pid, "a")
+    with pytest.raises(NotFoundError):
+        store.get_hash(va1.hash)
+    with pytest.raises(NotFoundError):
+        store.get_hash(va2.hash, exact=True)
+    assert [e.sort_key for e in store.list(pid, include_deleted=True)] == ["b"]
+
+
+def test_purge_deleted_object(store_dir: Path, store: Store) -> None:
+    pid = fresh_partition(store)
+    before = blob_files(store_dir)
+    store.put(pid, "a", rand_bytes(MiB, 3))
+    store.delete(pid, "a")
+    assert store.purge(pid, "a")[0] == 2
+    assert blob_files(store_dir) == before
+    assert store.list(pid, include_deleted=True) == []
+
+
+# ---------------------------------------------------------------- ordering
+
+
+def test_list_order_is_bytewise_utf8(store: Store) -> None:
+    pid = fresh_partition(store)
+    keys = ["b", "a", "ä", "Z", "a/b", "a\u00ff", "\U0001f600", "\uffff", "\U00010000", "A", "a b", "ab", "~"]
+    for k in keys:
+        store.put(pid, k, k.encode())
+    listed = [e.sort_key for e in store.list(pid)]
+    assert listed == sorted(keys, key=lambda k: k.encode("utf-8"))
+    # U+FFFF (EF BF BF) sorts before U+10000 (F0 90 80 80) bytewise, unlike UTF-16 order
+    assert listed.index("\uffff") < listed.index("\U00010000")
+
+
+def test_ties_are_broken_by_absolute_hash(store: Store) -> None:
+    pid = fresh_partition(store)
+    store.put(pid, "a", b"first")
+    vs = [store.put(pid, "same", f"{i}".encode(), new=True) for i in range(4)]
+    store.put(pid, "z", b"last")
+    listed = store.list(pid)
+    assert [e.sort_key for e in listed] == ["a", "same", "same", "same", "same", "z"]
+    assert [e.head_hash for e in listed[1:5]] == sorted(v.hash for v in vs)
+    assert len({v.base_hash for v in vs}) == 4
+    with pytest.raises(UsageError):  # ambiguous: name one by hash
+        store.get(pid, "same")
+    for i, v in enumerate(vs):
+        assert store.read_bytes(store.get_hash(v.hash)) == f"{i}".encode()
+
+
+def test_prefix_after_limit(store: Store) -> None:
+    pid = fresh_partition(store)
+    keys = ["a", "a/1", "a/2", "a/3", "b/1", "b/2", "c"]
+    for k in keys:
+        store.put(pid, k, b"x")
+
+    def names(**kw) -> list[str]:
+        return [e.sort_key for e in store.list(pid, **kw)]
+
+    assert names(prefix="a/") == ["a/1", "a/2", "a/3"]
+    assert names(prefix="b") == ["b/1", "b/2"]
+    assert names(prefix="zz") == []
+    assert names(after="a/1") == ["a/2", "a/3", "b/1", "b/2", "c"]
+    assert names(after="a/") == ["a/1", "a/2", "a/3", "b/1", "b/2", "c"]
+    assert names(after="c") == []
+    assert names(limit=2) == ["a", "a/1"]
+    assert names(prefix="a/", after="a/1", limit=1) == ["a/2"]
+    # paging with after + limit visits every key once
+    seen: list[str] = []
+    after = None
+    while page := names(after=after, limit=3):
+        seen += page
+        after = page[-1]
+    assert seen == keys
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    keys=st.lists(st.one_of(sort_keys, st.sampled_from(["a", "ab", "b", "é", "\U0001f600"])), max_size=12),
+    data=st.data(),
+)
+def test_list_matches_sorted_model(store: Store, keys: list[str], data) -> None:
+    pid = fresh_partition(store)
+    model: list[tuple[str, bytes]] = []
+    for k in keys:
+        tie = any(mk == k for mk, _ in model)
+        v = store.put(pid, k, k.encode(), new=tie)  # repeated key: a second live object (a tie)
+        model.append((k, v.hash))
+    model.sort(key=lambda e: (e[0].encode("utf-8"), e[1]))
+    assert [(e.sort_key, e.head_hash) for e in store.list(pid)] == model
+
+    prefix = data.draw(st.one_of(st.just(""), st.sampled_from(keys or ["a"]).map(lambda k: k[:1]), sort_keys))
+    after = data.draw(st.one_of(st.none(), st.sampled_from(keys or ["a"]), sort_keys))
+    limit = data.draw(st.one_of(st.none(), st.integers(1, 13)))
+    expected = [
+        e for e in model if e[0].startswith(prefix) and (after is None or e[0].encode("utf-8") > after.encode("utf-8"))
+    ]
+    if limit is not None:
+        expected = expected[:limit]
+    got = store.list(pid, prefix=prefix, after=after, limit=limit)
+    assert [(e.sort_key, e.head_hash) for e in got] == expected
+
+
+# ---------------------------------------------------------------- access control
+
+
+def test_no_grant_cannot_read(store_dir: Path, store: Store, bob, open_store) -> None:
+    pid = store.create_partition("docs").id
+    store.put(pid, "secret", b"s3cret")
+    as_bob = open_store(store_dir, bob)
+    with pytest.raises((AccessDeniedError, NotFoundError)):
+        as_bob.get(pid, "secret")
+    with pytest.raises((AccessDeniedError, NotFoundError)):
+        as_bob.get("docs", "secret")
+    with pytest.raises((AccessDeniedError, NotFoundError)):
+        as_bob.list(pid)
+    with pytest.raises((AccessDeniedError, NotFoundError)):
+        as_bob.put(pid, "mine", b"x")
+    assert as_bob.partitions() == []
+
+
+def test_read_grant_reads_but_cannot_write(store_dir: Path, store: Store, bob, open_store) -> None:
+    pid = store.create_partition("docs").id
+    v = store.put(pid, "k", b"hello")
+    store.grant(pid, bob.public, "read")
+    as_bob = open_store(store_dir, bob)
+    assert as_bob.partition(pid).role == "read"
+    assert as_bob.read_bytes(as_bob.get(pid, "k")) == b"hello"
+    assert as_bob.read_bytes(as_bob.get("docs", "k")) == b"hello"
+    assert [e.sort_key for e in as_bob.list(pid)] == ["k"]
+    with pytest.raises(AccessDeniedError):
+        as_bob.put(pid, "k", b"changed")
+    with pytest.raises(AccessDeniedError):
+        as_bob.put(pid, "new", b"x")
+    with pytest.raises(AccessDeniedError):
+        as_bob.delete(pid, "k")
+    with pytest.raises(AccessDeniedError):
+        as_bob.purge(pid, "k")
+    with pytest.raises(AccessDeniedError):
+        as_bob.grant(pid, bob.public, "write")
+    assert [x.hash for x in store.log(pid, "k")] == [v.hash]
+
+
+def test_write_grant_can_write(store_dir: Path, store: Store, bob, open_store) -> None:
+    pid = store.create_partition("docs").id
+    store.put(pid, "k", b"v1")
+    store.grant(pid, bob.public, "write")
+    as_bob = open_store(store_dir, bob)
+    vb = as_bob.put(pid, "k", b"v2 by bob")
+    as_bob.put(pid, "bobs", b"new object")
+    assert vb.header.author == bob.user_id
+    got = store.get(pid, "k")
+    assert got.hash == vb.hash
+    assert store.read_bytes(got) == b"v2 by bob"
+    assert store.read_bytes(store.get(pid, "bobs")) == b"new object"
+    with pytest.raises(AccessDeniedError):  # only the owner purges
+        as_bob.purge(pid, "k")
+
+
+def test_revoke_rotates_epoch(store_dir: Path, store: Store, bob, open_store) -> None:
+    pid = store.create_partition("docs").id
+    old = store.put(pid, "old", b"before revocation")
+    store.grant(pid, bob.public, "write")
+    as_bob = open_store(store_dir, bob)
+    assert as_bob.read_bytes(as_bob.get(pid, "old")) == b"before revocation"
+    bob_keys = dict(as_bob.partition(pid).keys)  # what bob could have kept
+    assert set(bob_keys) == {0}
+
+    view = store.revoke(pid, "bob")
+    assert view.record.current_epoch == 1
+    assert bob.user_id not in view.record.epochs[1]
+    assert view.role == "owner"
+    new = store.put(pid, "new", b"after revocation")
+    old2 = store.put(pid, "old", b"old, updated after revocation")
+    assert new.header.epoch == 1 and old2.header.epoch == 1
+
+    as_bob_again = open_store(store_dir, bob)
+    for key in ("new", "old"):
+        with pytest.raises((AccessDeniedError, NotFoundError)):
+            as_bob_again.get(pid, key)
+    with pytest.raises((AccessDeniedError, NotFoundError)):
+        as_bob_again.put(pid, "x", b"x")
+    # even with the epoch-0 keys bob had, nothing written after revocation opens
+    for v in (new, old2):
+        header_blob = store.blobs.get(v.hash)
+        with pytest.raises(IntegrityError):
+            crypto.open_blob(header_blob, crypto.KIND_HEADER, bob_keys[0], pid, v.hash)
+        for cid in chunk_ids(store, v):
+            with pytest.raises(IntegrityError):
+                crypto.open_blob(store.blobs.get(cid), crypto.KIND_CHUNK, bob_keys[0], pid, cid)
+
+    # the owner reads everything, old epoch and new
+    owner = open_store(store_dir, store.identity)
+    assert owner.read_bytes(owner.get_hash(old.hash, exact=True)) == b"before revocation"
+    assert owner.read_bytes(owner.get(pid, "old")) == b"old, updated after revocation"
+    assert owner.read_bytes(owner.get(pid, "new")) == b"after revocation"
+    assert [v.hash for v in owner.log(pid, "old")] == [old.hash, old2.hash]
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+class _FullDisk:
+    """Stands in for ``os`` inside fsobj.blobs.local: writing file data
+    (``os.write``/``os.writev``) fails with ENOSPC once ``budget`` writes have
+    succeeded (the disk stays full). Everything else is the real ``os``."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def _spend(self) -> None:
+        with self._lock:
+            if self.budget <= 0:
+                self.failures += 1
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.budget -= 1
+
+    def write(self, fd: int, data) -> int:
+        self._spend()
+        return os.write(fd, data)
+
+    def writev(self, fd: int, buffers) -> int:
+        self._spend()
+        return os.writev(fd, buffers)
+
+
+@pytest.mark.parametrize(
+    "budget, new_payload",
+    [
+        pytest.param(0, "fresh", id="first-chunk"),
+        pytest.param(2, "fresh", id="partway-through-chunks"),
+        pytest.param(0, "same", id="header-blob"),  # payload deduplicated: only the header is written
+    ],
+)
+def test_no_space_left(store_dir: Path, store: Store, monkeypatch, budget: int, new_payload: str) -> None:
+    pid = fresh_partition(store)
+    old = rand_bytes(3 * MiB, 11)
+    v1 = store.put(pid, "k", old)
+    versions = version_count(store)
+    files = blob_files(store_dir)
+    data = rand_bytes(3 * MiB, 12) if new_payload == "fresh" else old
+
+    disk = _FullDisk(budget)
+    monkeypatch.setattr(local_blobs, "os", disk)
+    with pytest.raises(NoSpaceError):
+        store.put(pid, "k", data)
+    with pytest.raises(NoSpaceError):
+        store.put(pid, "another", data)
+    assert disk.failures >= 2
+
+    # the failed versions are not visible; the previous one still reads
+    assert version_count(store) == versions
+    assert store.get(pid, "k").hash == v1.hash
+    assert [v.hash for v in store.log(pid, "k")] == [v1.hash]
+    assert store.read_bytes(store.get(pid, "k")) == old
+    with pytest.raises(NotFoundError):
+        store.get(pid, "another")
+    assert [e.sort_key for e in store.list(pid)] == ["k"]
+    assert list((store_dir / "tmp").iterdir()) == []
+    assert store.blobs.path(v1.hash) in blob_files(store_dir) and files <= blob_files(store_dir)
+
+    # space is back: writing works again
+    monkeypatch.undo()
+    v2 = store.put(pid, "k", data)
+    assert v2.header.prev == v1.hash
+    assert store.read_bytes(store.get(pid, "k")) == data
+
+
+class _FailingSyncfs:
+    """Stands in for libc inside fsobj.blobs.local: ``syncfs`` fails with
+    ENOSPC, as it does when write-back of data already accepted fails."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def syncfs(self, fd: int) -> int:
+        self.calls += 1
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+
+def test_failed_syncfs_is_not_ignored(store_dir: Path, store: Store, monkeypatch) -> None:
+    """Payload blobs are written without fsync and made durable by one syncfs
+    before the header names them: if that sync fails, the version must not commit."""
+    pid = fresh_partition(store)
+    old = rand_bytes(MiB, 21)
+    v1 = store.put(pid, "k", old)
+    versions = version_count(store)
+    libc = _FailingSyncfs()
+    monkeypatch.setattr(local_blobs, "_LIBC", libc)
+    with pytest.raises((NoSpaceError, OSError)):
+        store.put(pid, "k", rand_bytes(MiB, 22))
+    assert libc.calls >= 1
+    assert version_count(store) == versions
+    assert store.get(pid, "k").hash == v1.hash
+    assert store.read_bytes(store.get(pid, "k")) == old
