@@ -206,6 +206,100 @@ class Bench:
             "list_1000_cold_ms": round(t_list_cold * 1000, 1),
         }
 
+    # ------------------------------------------------------------ feeds
+    def feeds(self, count: int) -> dict[str, Any]:
+        """Notifications produced and consumed per second; commit-to-reader latency."""
+        from fsobj.feeds import Feeds
+
+        ident = identity_files.load(self.ident_path, PASS)
+        out: dict[str, Any] = {"notifications": count}
+        with Store.open(self.store_dir, ident) as store:
+            store.create_partition("feedbench")
+            feeds = Feeds(store)
+            for consumers in (1, 4):
+                name = f"c{consumers}"
+                feeds.create(name, [("feedbench", "")])
+                self.say(f"feeds: {count} notifications, {consumers} consumer(s)")
+                t0 = time.perf_counter()
+                for start in range(0, count, 1000):
+                    with store.batch():
+                        for i in range(start, min(count, start + 1000)):
+                            store.put("feedbench", f"{name}/{i:08d}", b"")
+                t_produce = time.perf_counter() - t0
+                t_consume = self._consume(name, consumers, count)
+                feeds.delete(name)
+                out[f"produced_per_s_{name}"] = round(count / t_produce)
+                out[f"consumed_acked_per_s_{consumers}_consumers"] = round(count / t_consume)
+            feeds.create("latency", [("feedbench", "")])
+            latencies = self._latency(feeds, "latency", 60)
+        out["wakeup_latency_ms_median"] = round(statistics.median(latencies), 1)
+        out["wakeup_latency_ms_p99"] = round(sorted(latencies)[max(0, int(len(latencies) * 0.99) - 1)], 1)
+        out["wakeup_samples"] = len(latencies)
+        return out
+
+    def _consume(self, name: str, consumers: int, count: int) -> float:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        done = ctx.Value("i", 0)
+        procs = [
+            ctx.Process(target=_feed_consumer, args=(str(self.store_dir), str(self.ident_path), name, done))
+            for _ in range(consumers)
+        ]
+        t0 = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        elapsed = time.perf_counter() - t0
+        if done.value != count:
+            raise RuntimeError(f"feed bench: consumed {done.value} of {count} notifications")
+        return elapsed
+
+    def _latency(self, feeds: Any, name: str, samples: int) -> list[float]:
+        """A writer process commits every 50 ms; the reader long-polls here."""
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _LATENCY_WRITER, str(self.store_dir), str(self.ident_path), str(samples)],
+            env=self.env,
+        )
+        latencies: list[float] = []
+        try:
+            while len(latencies) < samples:
+                notes = feeds.read(name, 10, wait_s=10)
+                now = time.time_ns() // 1000
+                if not notes:
+                    break
+                latencies += [(now - n.commit_us) / 1000 for n in notes]
+                feeds.ack(name, [n.receipt for n in notes])
+        finally:
+            writer.wait(timeout=60)
+        return latencies
+
+
+_LATENCY_WRITER = """
+import sys, time
+from pathlib import Path
+from fsobj import identity
+from fsobj.store import Store
+store_dir, ident, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with Store.open(Path(store_dir), identity.load(Path(ident), "bench-passphrase")) as s:
+    for i in range(n):
+        time.sleep(0.05)
+        s.put("feedbench", f"latency/{i}", b"")
+"""
+
+
+def _feed_consumer(store_dir: str, ident_path: str, name: str, done: Any) -> None:
+    from fsobj.feeds import Feeds
+
+    ident = identity_files.load(Path(ident_path), PASS)
+    with Store.open(Path(store_dir), ident) as store:
+        feeds = Feeds(store)
+        while notes := feeds.read(name, 100, wait_s=0.5, visibility_s=300):
+            feeds.ack(name, [n.receipt for n in notes])
+            with done.get_lock():
+                done.value += len(notes)
+
 
 TARGETS = [
     ("big_file", "put_vs_cp", ">=", 0.5),
@@ -218,20 +312,39 @@ TARGETS = [
     ("many", "get_by_base_hash_ms_median", "<", 50),
     ("many", "list_1000_warm_ms_median", "<", 50),
     ("many", "list_1000_cold_ms", "<", 1000),
+    ("feeds", "consumed_acked_per_s_1_consumers", ">=", 2000),
+    ("feeds", "consumed_acked_per_s_4_consumers", ">=", 2000),
+    ("feeds", "wakeup_latency_ms_median", "<", 50),
 ]
 
 
-def run(workdir: Path | None, size_mib: int, objects: int, rss_size_mib: int, log: TextIO) -> dict[str, Any]:
+SECTIONS = ("big_file", "rss", "many", "feeds")
+
+
+def run(
+    workdir: Path | None,
+    size_mib: int,
+    objects: int,
+    rss_size_mib: int,
+    log: TextIO,
+    feed_messages: int = 10_000,
+    only: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Run the chosen sections (all by default) in a scratch directory under ``workdir``."""
+    chosen = set(only or SECTIONS)
     base = Path(tempfile.mkdtemp(prefix="fsobj-bench-", dir=workdir or Path.cwd()))
     bench = Bench(base, log)
     try:
         bench.setup()
         result: dict[str, Any] = {"workdir_disk": str(workdir or "."), "cpu_count": os.cpu_count()}
-        result["big_file"] = bench.big_file(size_mib)
-        if rss_size_mib:
+        if "big_file" in chosen:
+            result["big_file"] = bench.big_file(size_mib)
+        if "rss" in chosen and rss_size_mib:
             result["rss"] = bench.rss(rss_size_mib)
-        if objects:
+        if "many" in chosen and objects:
             result["many"] = bench.many(objects)
+        if "feeds" in chosen and feed_messages:
+            result["feeds"] = bench.feeds(feed_messages)
         result["page_cache_dropped"] = bench.cache_dropped
         result["targets"] = _check(result)
         return result
@@ -260,7 +373,7 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{'figure':<48} {'value':>14}  {'target':<14} met"]
     lines.append("-" * len(lines[0]))
     targets = {t["figure"]: t for t in result.get("targets", [])}
-    for section in ("big_file", "rss", "many"):
+    for section in SECTIONS:
         for key, value in result.get(section, {}).items():
             name = f"{section}.{key}"
             t = targets.get(name)

@@ -235,6 +235,8 @@ def test_bench_reports_figures_and_targets(tmp_path: Path) -> None:
             "300",
             "--rss-size-mib",
             "0",
+            "--feed-messages",
+            "200",
             "--json",
         ],
         env=env,
@@ -245,5 +247,10 @@ def test_bench_reports_figures_and_targets(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["big_file"]["identical_reput_new_chunk_blobs"] == 0
     assert result["big_file"]["first_put_new_blob_bytes"] >= 4 * 1024 * 1024
-    assert {t["figure"] for t in result["targets"]} >= {"big_file.put_vs_cp", "many.list_1000_cold_ms"}
+    assert {t["figure"] for t in result["targets"]} >= {
+        "big_file.put_vs_cp",
+        "many.list_1000_cold_ms",
+        "feeds.wakeup_latency_ms_median",
+    }
+    assert result["feeds"]["wakeup_samples"] == 60
     assert list(tmp_path.iterdir()) == [], "bench cleans up its scratch directory"
