@@ -155,9 +155,7 @@ def seal_blob_parts(
     return [head, AESGCM(keys.blob_key).encrypt(nonce, plaintext, head + partition_id + blob_id)]
 
 
-def seal_blob(
-    kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes, plaintext: bytes | memoryview
-) -> bytes:
+def seal_blob(kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes, plaintext: bytes | memoryview) -> bytes:
     """:func:`seal_blob_parts`, joined."""
     return b"".join(seal_blob_parts(kind, keys, partition_id, blob_id, plaintext))
 
@@ -174,9 +172,7 @@ def envelope_epoch(blob: bytes, blob_id: bytes) -> tuple[int, int]:
     return kind, epoch
 
 
-def open_blob(
-    blob: bytes, kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes
-) -> bytes:
+def open_blob(blob: bytes, kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes) -> bytes:
     """Decrypt and authenticate an envelope. Any mismatch is an IntegrityError."""
     got_kind, epoch = envelope_epoch(blob, blob_id)
     if got_kind != kind or epoch != keys.epoch:
@@ -184,9 +180,7 @@ def open_blob(
     head = blob[:ENVELOPE_HEAD_LEN]
     nonce = head[_ENV_HEAD.size :]
     try:
-        return AESGCM(keys.blob_key).decrypt(
-            nonce, memoryview(blob)[ENVELOPE_HEAD_LEN:], head + partition_id + blob_id
-        )
+        return AESGCM(keys.blob_key).decrypt(nonce, memoryview(blob)[ENVELOPE_HEAD_LEN:], head + partition_id + blob_id)
     except InvalidTag as e:
         raise IntegrityError(f"blob {blob_id.hex()} failed authentication") from e
 
@@ -321,9 +315,7 @@ def _raw_pub(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
 
 
 def _raw_priv(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 # ---------------------------------------------------------------- passphrase sealing

@@ -69,10 +69,12 @@ def verify(store: Store, tick: Tick | None = None) -> Report:
             report.skipped_partitions += 1
             continue
         report.partitions += 1
-        for vrow in store.index.versions_in(view.id):
+        vrows = store.index.versions_in(view.id)
+        for vrow in vrows:
             _verify_version(store, view, vrow, report, seen)
             if tick:
                 tick(1)
+        _verify_links(store, view, vrows, report)
     referenced = store.index.known_blob_ids()
     for blob_id in store.blobs.list():
         if blob_id not in referenced:
@@ -106,6 +108,33 @@ def _verify_version(store: Store, view: PartitionView, vrow: VersionRow, report:
         report.faults.append(f"{what} ({view.display_name}): {e}")
 
 
+def _verify_links(store: Store, view: PartitionView, vrows: list[VersionRow], report: Report) -> None:
+    """Series links and heads: each version's prev is the one before it in its
+    series, and each head row names its series' newest version with its values."""
+    series: dict[bytes, list[VersionRow]] = defaultdict(list)
+    for r in vrows:
+        series[r.base_hash].append(r)
+    for base, rows in series.items():
+        rows.sort(key=lambda r: (r.seq, r.created_us, r.hash))
+        by_hash = {r.hash: r for r in rows}
+        for r in rows:
+            if r.seq > 1 and (r.prev_hash not in by_hash or by_hash[r.prev_hash].seq != r.seq - 1):
+                report.faults.append(f"version {r.hash.hex()}: its previous version is not in its series")
+        head = store.index.head(base)
+        newest = rows[-1]
+        if head is None or (head.head_hash, head.sort_key_ct, head.tombstone, head.seq, head.epoch) != (
+            newest.hash,
+            newest.sort_key_ct,
+            newest.tombstone,
+            newest.seq,
+            newest.epoch,
+        ):
+            report.faults.append(f"series {base.hex()}: the index head does not name its newest version")
+    for head in store.index.heads_in(view.id):
+        if head.base_hash not in series:
+            report.faults.append(f"series {head.base_hash.hex()}: head row without versions")
+
+
 def _compare_row(store: Store, view: PartitionView, v: Version, r: VersionRow) -> None:
     h = v.header
     sort_key = store.sort_key_of(view, r.epoch, r.sort_key_ct)
@@ -132,51 +161,37 @@ def rebuild_index(store: Store, tick: Tick | None = None) -> Report:
     row comes back; version rows come back for the partitions this identity is
     entitled to. Rows of other partitions are left as they are; if any partition
     could not be rebuilt, the index stays marked incomplete (``gc`` refuses).
+    The whole rebuild holds the index's write lock: writers wait, so no version
+    committed meanwhile can be missed. Feed queues are kept (they are state).
     """
     report = Report(rebuilt=True)
-    kinds: dict[int, list[bytes]] = defaultdict(list)
-    for blob_id in store.blobs.list():
-        head = store.blobs.peek(blob_id, crypto.ENVELOPE_HEAD_LEN)
-        if len(head) >= 6 and head[:4] == crypto.MAGIC:
-            kinds[head[5]].append(blob_id)
-        else:
-            report.faults.append(f"blob {blob_id.hex()} has no fsobj envelope")
-    _rebuild_partitions(store, kinds[crypto.KIND_PARTITION], report)
-    views = []
-    for row in store.index.partitions():
-        view = store.partition(row.partition_id)
-        if view.role is None:
-            report.skipped_partitions += 1
-        else:
-            views.append(view)
-    report.partitions = len(views)
-    found = _decrypt_headers(store, views, kinds[crypto.KIND_HEADER], report)
     with store.index.write():
+        kinds: dict[int, list[bytes]] = defaultdict(list)
+        for blob_id in store.blobs.list():
+            head = store.blobs.peek(blob_id, crypto.ENVELOPE_HEAD_LEN)
+            if len(head) >= 6 and head[:4] == crypto.MAGIC:
+                kinds[head[5]].append(blob_id)
+            else:
+                report.faults.append(f"blob {blob_id.hex()} has no fsobj envelope")
+        _rebuild_partitions(store, kinds[crypto.KIND_PARTITION], report)
+        views = []
+        for row in store.index.partitions():
+            try:
+                view = store.partition(row.partition_id)
+            except FsobjError as e:
+                report.faults.append(f"partition {row.partition_id.hex()}: {e}")
+                report.skipped_partitions += 1
+                continue
+            if view.role is None:
+                report.skipped_partitions += 1
+            else:
+                views.append(view)
+        report.partitions = len(views)
+        found = _decrypt_headers(store, views, kinds[crypto.KIND_HEADER], report)
         for view in views:
             store.index.delete_partition_rows(view.id)
             for v in sorted(found[view.id], key=lambda v: (v.header.seq, v.header.created_us, v.hash)):
-                keys = view.epoch_keys(v.header.epoch)
-                try:
-                    refs, tree_nodes = store.payloads.expand(v.header, keys)
-                except FsobjError as e:
-                    report.faults.append(f"version {v.hash.hex()}: {e}")
-                    continue
-                row = VersionRow(
-                    v.hash,
-                    view.id,
-                    v.base_hash,
-                    v.header.prev,
-                    v.header.seq,
-                    v.header.created_us,
-                    v.header.length,
-                    v.header.tombstone,
-                    v.header.epoch,
-                    v.header.author,
-                    keys.seal_sort_key(view.id, v.sort_key),
-                )
-                store.index.add_version(row, [r.id for r in refs] + tree_nodes, notify=False)
-                report.versions += 1
-                if tick:
+                if _add_rebuilt_version(store, view, v, report) and tick:
                     tick(1)
         store.index.set_meta(
             INCOMPLETE, f"{report.skipped_partitions} partition(s) not rebuilt" if report.skipped_partitions else None
@@ -184,21 +199,52 @@ def rebuild_index(store: Store, tick: Tick | None = None) -> Report:
     return report
 
 
+def _add_rebuilt_version(store: Store, view: PartitionView, v: Version, report: Report) -> bool:
+    keys = view.epoch_keys(v.header.epoch)
+    try:
+        refs, tree_nodes = store.payloads.expand(v.header, keys)
+    except FsobjError as e:
+        report.faults.append(f"version {v.hash.hex()}: {e}")
+        return False
+    h = v.header
+    row = VersionRow(
+        v.hash,
+        view.id,
+        v.base_hash,
+        h.prev,
+        h.seq,
+        h.created_us,
+        h.length,
+        h.tombstone,
+        h.epoch,
+        h.author,
+        keys.seal_sort_key(view.id, v.sort_key),
+    )
+    store.index.add_version(row, [r.id for r in refs] + tree_nodes, notify=False)
+    report.versions += 1
+    return True
+
+
 def _rebuild_partitions(store: Store, record_ids: list[bytes], report: Report) -> None:
+    """Inside the rebuild's transaction: the newest verified record of each partition."""
     newest: dict[bytes, tuple[int, bytes, bytes]] = {}
-    for rid in record_ids:
+    for rid in sorted(record_ids):
         try:
             rec = PartitionRecord.from_blob(store.blobs.get(rid), rid)
         except FsobjError as e:
             report.faults.append(f"partition record {rid.hex()}: {e}")
             continue
-        if rec.partition not in newest or rec.seq > newest[rec.partition][0]:
+        known = newest.get(rec.partition)
+        if known is not None and known[0] == rec.seq:
+            report.faults.append(
+                f"partition {rec.partition.hex()}: two records with seq {rec.seq} ({known[1].hex()}, {rid.hex()})"
+            )
+        if known is None or rec.seq > known[0]:
             newest[rec.partition] = (rec.seq, rid, rec.owner.user_id)
-    with store.index.write():
-        for pid, (seq, rid, owner) in newest.items():
-            current = store.index.partition(pid)
-            if current is None or current.seq <= seq:
-                store.index.put_partition(PartitionRow(pid, owner, seq, rid))
+    for pid, (seq, rid, owner) in newest.items():
+        current = store.index.partition(pid)
+        if current is None or current.seq <= seq:
+            store.index.put_partition(PartitionRow(pid, owner, seq, rid))
 
 
 def _decrypt_headers(

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import struct
 from pathlib import Path
 from typing import Any
 
 import blake3
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from fsobj import chunking, crypto, identity
 from fsobj.errors import FormatError, IdentityError, IntegrityError
@@ -86,8 +88,8 @@ def test_constants_match_the_spec():
 
 def test_document_quotes_every_context_string_and_prefix():
     doc = (ROOT / "docs" / "format.md").read_text()
-    for ctx in (crypto.CTX_BLOB_KEY, crypto.CTX_CHUNK_ID, crypto.CTX_SORT_KEY, crypto.CTX_CDC_SEED,
-                crypto.CTX_USER_ID, crypto.CTX_WRAP):
+    for ctx in (crypto.CTX_BLOB_KEY, crypto.CTX_CHUNK_ID, crypto.CTX_CHUNK_LIST_ID, crypto.CTX_SORT_KEY,
+                crypto.CTX_CDC_SEED, crypto.CTX_USER_ID, crypto.CTX_WRAP, crypto.CTX_FEED):
         assert f'"{ctx}"' in doc, ctx
     for prefix in (crypto.SIG_PARTITION, crypto.SIG_SESSION, crypto.SIG_INTEGRITY, crypto.SIG_KX):
         text = prefix[:-1].decode("ascii")
@@ -142,6 +144,8 @@ def test_epoch_keys():
     assert k.epoch == e["epoch"]
     assert k.blob_key.hex() == e["blob_key"]
     assert k.chunk_id_key.hex() == e["chunk_id_key"]
+    assert k.chunk_list_id_key.hex() == e["chunk_list_id_key"] != e["chunk_id_key"]
+    assert crypto.derive(crypto.CTX_CHUNK_LIST_ID, h(e["epoch_key"])).hex() == e["chunk_list_id_key"]
     assert k.sort_key_key.hex() == e["sort_key_key"] and len(k.sort_key_key) == 64
     assert k.cdc_seed == e["cdc_seed"] and 0 <= k.cdc_seed < 2**32
 
@@ -149,6 +153,9 @@ def test_epoch_keys():
 def test_chunk_id():
     c = V["chunk"]
     assert keys().chunk_id(h(c["plaintext"])).hex() == c["chunk_id"]
+    assert keys().payload_blob_id(crypto.KIND_CHUNK, h(c["plaintext"])).hex() == c["chunk_id"]
+    with pytest.raises(ValueError):
+        keys().payload_blob_id(crypto.KIND_HEADER, h(c["plaintext"]))
 
 
 def test_sealed_sort_key():
@@ -215,8 +222,35 @@ def test_chunk_list_node():
     entries = decode_chunk_list(h(n["plaintext"]))
     assert [[e.id.hex(), e.length] for e in entries] == n["entries"]
     assert encode_chunk_list(entries).hex() == n["plaintext"]
-    assert keys().chunk_id(h(n["plaintext"])).hex() == n["blob_id"]
+    plain = h(n["plaintext"])
+    # nodes have their own id key: the same bytes as a chunk would have another id
+    assert keys().payload_blob_id(crypto.KIND_CHUNK_LIST, plain).hex() == n["blob_id"]
+    assert blake3.blake3(plain, key=h(V["epoch_keys"]["chunk_list_id_key"])).hexdigest() == n["blob_id"]
+    assert keys().chunk_id(plain).hex() == n["chunk_id_of_same_bytes"] != n["blob_id"]
+    assert h(n["associated_data"]) == h(n["blob"])[:23] + PID + h(n["blob_id"])
     assert crypto.open_blob(h(n["blob"]), crypto.KIND_CHUNK_LIST, keys(), PID, h(n["blob_id"])).hex() == n["plaintext"]
+    with pytest.raises(IntegrityError):  # bound to its id: not openable under the chunk id of its bytes
+        crypto.open_blob(h(n["blob"]), crypto.KIND_CHUNK_LIST, keys(), PID, h(n["chunk_id_of_same_bytes"]))
+
+
+def test_payload_blob_ids_are_checked_by_kind(tmp_path):
+    """A node stored under the chunk id of its bytes (the pre-fix id) is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fsobj.blobs.local import LocalBlobStore
+    from fsobj.store.payload import PayloadIO
+
+    n = V["chunk_list"]
+    blobs = LocalBlobStore.create(tmp_path)
+    with ThreadPoolExecutor(1) as pool:
+        io_ = PayloadIO(blobs, pool)
+        blobs.put(h(n["blob_id"]), h(n["blob"]))
+        assert io_._open(crypto.KIND_CHUNK_LIST, keys(), PID, h(n["blob_id"])).hex() == n["plaintext"]
+        wrong_id = h(n["chunk_id_of_same_bytes"])
+        wrong = crypto.seal_blob(crypto.KIND_CHUNK_LIST, keys(), PID, wrong_id, h(n["plaintext"]))
+        blobs.put(wrong_id, wrong)
+        with pytest.raises(IntegrityError):
+            io_._open(crypto.KIND_CHUNK_LIST, keys(), PID, wrong_id)
 
 
 # ---------------------------------------------------------------- partition record
@@ -353,6 +387,69 @@ def test_header_without_session_fails_verification():
     header = VersionHeader.from_body(untag(v["body"])).with_(session={"key": "x", "expires": 1, "sig": b""})
     with pytest.raises(IntegrityError):
         verify_signatures(header, header.absolute_hash(), h(v["integrity"]), ident("alice").public.sign_pub)
+
+
+# ---------------------------------------------------------------- feeds
+
+
+def test_feed_id():
+    f = V["feeds"]
+    from fsobj.feeds import feed_id
+
+    fido = untag(f["id_object"])
+    assert same(fido, {"type": "fsobj-feed-id", "v": 1, "name": f["name"], "owner": h(f["owner"])})
+    assert cbor.encode(fido).hex() == f["id_object_cbor"]
+    assert crypto.hash_bytes(h(f["id_object_cbor"])).hex() == f["feed_id"]
+    assert feed_id(f["name"], h(f["owner"])).hex() == f["feed_id"]
+    assert f["feed_id"] != partition_id(f["name"], h(f["owner"])).hex()
+    assert f["owner"] == V["identities"]["alice"]["user_id"]
+
+
+def test_feed_key_and_sealed_names():
+    from types import SimpleNamespace
+
+    from fsobj.feeds import Feeds
+
+    f = V["feeds"]
+    alice = ident("alice")
+    assert alice.private_bytes().hex() == f["owner_private"]
+    assert alice.derive_secret(crypto.CTX_FEED).hex() == f["feed_key"]
+    assert crypto.derive(crypto.CTX_FEED, h(f["owner_private"]), 64).hex() == f["feed_key"]
+    assert f["associated_data"] == alice.user_id.hex()
+    feeds = Feeds(SimpleNamespace(index=None, identity=alice))  # only the sealing is used
+    for s in f["sealed"]:
+        assert feeds._seal(s["text"]).hex() == s["sealed"]  # AES-SIV: deterministic
+        assert feeds._open(h(s["sealed"])) == s["text"]
+        assert len(h(s["sealed"])) == 16 + len(s["text"].encode())
+    bob_feeds = Feeds(SimpleNamespace(index=None, identity=ident("bob")))
+    with pytest.raises(InvalidTag):
+        bob_feeds._open(h(f["sealed"][0]["sealed"]))
+
+
+def test_index_schema_version_and_migration(tmp_path):
+    from fsobj.index import Index, schema
+
+    assert schema.SCHEMA_VERSION == 2 and set(schema.MIGRATIONS) == {2}
+    path = tmp_path / "index.sqlite"
+    old = sqlite3.connect(path)  # a schema-1 index: exactly the schema without the feed tables
+    old.executescript(schema.SCHEMA.replace(schema.FEEDS_SCHEMA, ""))
+    old.execute("INSERT INTO meta VALUES ('schema', '1'), ('generation', '0')")
+    old.commit()
+    old.close()
+    index = Index(path)
+    index.check()
+    assert index.get_meta("schema") == "2"
+    tables = {r[0] for r in index.q("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"feeds", "feed_subscriptions", "feed_messages"} <= tables
+    index.close()
+    newer = sqlite3.connect(path)
+    newer.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    newer.commit()
+    newer.close()
+    newer_index = Index(path)
+    with pytest.raises(FormatError):  # a newer schema is refused, not migrated back
+        newer_index.check()
+    newer_index.close()
 
 
 # ---------------------------------------------------------------- files

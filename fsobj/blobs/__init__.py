@@ -53,3 +53,7 @@ class BlobStore(Protocol):
     def sync_all(self) -> None:
         """Make every blob put so far durable, also those put without fsync."""
         ...
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of interrupted writes (of processes no longer running)."""
+        ...

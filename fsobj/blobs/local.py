@@ -1,9 +1,10 @@
 """The local directory blob backend: one file per blob under ``blobs/xx/``.
 
 Owns: the files below ``<store>/blobs`` and ``<store>/tmp``. Each blob is
-written to a unique temporary file, fsynced, then renamed into place, so a blob
-file is either absent or complete; the directories touched are fsynced by
-:meth:`LocalBlobStore.sync`. Never sees plaintext or SQL.
+written to a unique temporary file, then renamed into place, so a blob file is
+either absent or complete. Durability: ``put(fsync=True)`` fsyncs the file and
+:meth:`LocalBlobStore.sync` the directories touched; blobs put without fsync
+become durable with :meth:`LocalBlobStore.sync_all` (one ``syncfs``). Never sees plaintext or SQL.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from fsobj.errors import NoSpaceError, NotFoundError
 
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    if not hasattr(_LIBC, "syncfs"):  # not Linux
+        _LIBC = None
 except OSError:  # pragma: no cover - non-glibc platforms fall back to os.sync()
     _LIBC = None
 
@@ -31,6 +34,7 @@ class LocalBlobStore:
         self.tmp_dir = self.root / "tmp"
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._counter = 0
 
     @classmethod
@@ -120,6 +124,12 @@ class LocalBlobStore:
                         continue
 
     def sync(self) -> None:
+        # _sync_lock: a caller must not return while another thread is still
+        # fsyncing directories it took from the shared dirty set.
+        with self._sync_lock:
+            self._sync_dirs()
+
+    def _sync_dirs(self) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         for name in sorted(dirty):
@@ -131,6 +141,8 @@ class LocalBlobStore:
 
     def sync_all(self) -> None:
         """Make every blob written so far durable, data and names (syncfs)."""
+        with self._lock:
+            covered = set(self._dirty)  # names put later may miss this syncfs
         if _LIBC is None:
             os.sync()  # reports no errors; only where syncfs is unavailable
         else:
@@ -144,7 +156,7 @@ class LocalBlobStore:
             finally:
                 os.close(fd)
         with self._lock:
-            self._dirty.clear()
+            self._dirty -= covered
 
     def clean_tmp(self) -> int:
         """Remove temporary files left by writers that no longer run; returns how many."""

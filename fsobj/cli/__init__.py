@@ -7,13 +7,14 @@ store API; errors become one line on stderr and the exit code from
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 import click
 
-from fsobj.cli import admin, feeds, objects
+from fsobj.cli import admin, feeds, mount, objects
 from fsobj.cli.common import Context
-from fsobj.errors import EXIT_CODES, FsobjError, exit_code_for
+from fsobj.errors import EXIT_CODES, FsobjError, NoSpaceError, exit_code_for
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -46,7 +47,7 @@ def cli(ctx: click.Context, store_path: str | None, identity_path: str | None, p
     ctx.call_on_close(obj.close)
 
 
-for module in (admin, objects, feeds):
+for module in (admin, objects, feeds, mount):
     for command in module.COMMANDS:
         cli.add_command(command)
 
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         click.echo(f"fsobj: error: {e}", err=True)
         return exit_code_for(e)
+    except sqlite3.Error as e:
+        full = "full" in str(e)
+        click.echo(f"fsobj: error: index database: {e}", err=True)
+        return NoSpaceError.exit_code if full else 1
     except KeyboardInterrupt:
         click.echo("fsobj: interrupted", err=True)
         return 130

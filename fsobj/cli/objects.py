@@ -10,7 +10,7 @@ from typing import BinaryIO
 import click
 
 from fsobj.cli.common import Context, emit_json, fmt_time, hash_arg, pass_ctx, progress
-from fsobj.errors import UsageError
+from fsobj.errors import DeletedError, UsageError
 from fsobj.store import Version
 
 
@@ -108,11 +108,12 @@ def get(
         emit_json(v.summary())
         return
     if v.tombstone:
-        raise UsageError(f"version {v.hash.hex()} is a tombstone: it has no payload")
+        raise DeletedError(f"version {v.hash.hex()} is a tombstone (the object was deleted): it has no payload")
     if output:
         tmp = Path(output).with_name(f".{Path(output).name}.fsobj-tmp")
         try:
-            with open(tmp, "wb") as f, progress(v.length, "get") as tick:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # plaintext: owner only
+            with os.fdopen(fd, "wb") as f, progress(v.length, "get") as tick:
                 for data in store.open_payload(v, tick):
                     f.write(data)
             os.replace(tmp, output)
@@ -130,6 +131,12 @@ def get(
 @click.argument("partition")
 @click.option("--prefix", default="", help="Only sort keys starting with this.")
 @click.option("--after", default=None, help="Only sort keys after this one (for paging).")
+@click.option(
+    "--after-hash",
+    default=None,
+    metavar="HASH",
+    help="With --after: resume after this (sort key, absoluteHash), so ties can be paged.",
+)
 @click.option("--limit", type=int, default=None, help="At most this many.")
 @click.option("--all", "include_deleted", is_flag=True, help="Include deleted (tombstoned) objects.")
 @click.option("-l", "long", is_flag=True, help="Long format: version, size, time, hash.")
@@ -140,13 +147,16 @@ def ls(
     partition: str,
     prefix: str,
     after: str | None,
+    after_hash: str | None,
     limit: int | None,
     include_deleted: bool,
     long: bool,
     as_json: bool,
 ) -> None:
     """List objects of PARTITION in sort-key order (ties by absoluteHash)."""
-    entries = ctx.store().list(partition, prefix, after, limit, include_deleted)
+    entries = ctx.store().list(
+        partition, prefix, after, limit, include_deleted, hash_arg(after_hash) if after_hash else None
+    )
     if as_json:
         emit_json([e.to_json() for e in entries])
         return

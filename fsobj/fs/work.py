@@ -105,7 +105,11 @@ def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> tuple[Ver
     """Commit the writer's data as a new object ``<key>.conflict-<hash8>`` next to the file."""
     tag = winner or (job.prev.hash if job.prev is not None else os.urandom(32))
     v = store.commit(
-        job.view, None, sort_key=conflict_key(job.sort_key, tag), source=job.source(), posix=job.posix,
+        job.view,
+        None,
+        sort_key=conflict_key(job.sort_key, tag),
+        source=job.source(),
+        posix=job.posix,
         headers=job.headers,
     )
     return v, 1
@@ -127,10 +131,16 @@ def update_meta(store: Store, view: PartitionView, base_hash: bytes, change: Cha
 
 
 def create(
-    store: Store, view: PartitionView, sort_key: str, payload: bytes, posix: Posix
+    store: Store,
+    view: PartitionView,
+    sort_key: str,
+    payload: bytes,
+    posix: Posix,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Version, int]:
     """A new object; ``ConflictError`` if a live object took the sort key meanwhile."""
-    return store.commit(view, None, sort_key=sort_key, source=payload, posix=posix, exclusive=True), 1
+    v = store.commit(view, None, sort_key=sort_key, source=payload, posix=posix, headers=headers, exclusive=True)
+    return v, 1
 
 
 # ---------------------------------------------------------------- namespace changes

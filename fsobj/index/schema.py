@@ -85,7 +85,7 @@ CREATE INDEX IF NOT EXISTS refs_version ON refs (version_hash);
 
 FEEDS_SCHEMA = """
 -- Feeds (schema 2): persistent queues of update notifications. Feeds are
--- state, not a cache: they cannot be rebuilt from the blobs (docs/design.md).
+-- state, not a cache: they cannot be rebuilt from the blobs (docs/feeds.md).
 --   feed_id      BLAKE3 of the canonical feed ID object (name + owner)
 --   owner_id     the only user who may read, change or delete the feed
 --   name_ct      the feed name, AES-SIV under the owner's feed key (AD = owner id)

@@ -27,8 +27,27 @@ FILE_TYPES = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
 
 _POSIX_KEYS = frozenset({"type", "mode", "uid", "gid", "mtime", "rdev"})
 _BODY_KEYS = frozenset(
-    {"type", "v", "partition", "author", "created", "length", "base", "prev", "seq", "sort_key", "headers",
-     "checksum", "chunks", "tree", "tombstone", "posix", "epoch", "acl", "session"}
+    {
+        "type",
+        "v",
+        "partition",
+        "author",
+        "created",
+        "length",
+        "base",
+        "prev",
+        "seq",
+        "sort_key",
+        "headers",
+        "checksum",
+        "chunks",
+        "tree",
+        "tombstone",
+        "posix",
+        "epoch",
+        "acl",
+        "session",
+    }
 )
 
 

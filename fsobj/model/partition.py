@@ -137,18 +137,14 @@ class PartitionRecord:
             if b["type"] != RECORD_TYPE or b["v"] != 1:
                 raise FormatError("not a partition record of a known version")
             owner = crypto.PublicIdentity.from_record(b["owner"])
-            crypto.verify_signature(
-                owner.sign_pub, sig, crypto.SIG_PARTITION + cbor.encode(b), "partition record"
-            )
+            crypto.verify_signature(owner.sign_pub, sig, crypto.SIG_PARTITION + cbor.encode(b), "partition record")
             rec = cls(
                 partition=b["partition"],
                 seq=b["seq"],
                 created_us=b["created"],
                 owner=owner,
                 name_sealed=b["name_sealed"],
-                members=[
-                    Member(crypto.PublicIdentity.from_record(m["id"]), m["role"]) for m in b["members"]
-                ],
+                members=[Member(crypto.PublicIdentity.from_record(m["id"]), m["role"]) for m in b["members"]],
                 epochs=[{uid: w for uid, w in e} for e in b["epochs"]],
                 history=b["history"],
             )

@@ -5,12 +5,14 @@ version is built, signed and committed, and how one is read back and verified.
 Delegates bytes to ``fsobj.blobs``, SQL to ``fsobj.index``, crypto to
 ``fsobj.crypto`` and payload streaming to ``store.payload``.
 
-Commit protocol (the optimistic lock): payload blobs are written and fsynced
-first, outside any lock; then, inside one ``BEGIN IMMEDIATE`` transaction, the
-series' head is compared with the version the update replaces, the header blob
-is written and fsynced, and the index rows are inserted. A conflict writes no
-header and no row. Concurrency rule: a ``Store`` may be shared by threads; each
-thread gets its own SQLite connection.
+Commit protocol (the optimistic lock): payload blobs are written first,
+outside any lock, and made durable by one ``syncfs``; then, inside one
+``BEGIN IMMEDIATE`` transaction, the partition record and the series' head are
+compared with what the update was built on, every payload blob it names is
+checked to exist, the header blob is written and fsynced, and the index rows
+(and feed notifications) are inserted. A conflict writes no header and no row.
+Concurrency rule: a ``Store`` may be shared by threads; each thread gets its
+own SQLite connection.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fsobj import crypto
+from fsobj.blobs import BlobStore
 from fsobj.blobs.local import LocalBlobStore
 from fsobj.errors import (
     AccessDeniedError,
@@ -61,6 +64,8 @@ STORE_FORMAT = "fsobj-store"
 STORE_VERSION = 1
 MARKER = "fsobj-store.json"
 WORKERS = 6
+#: decrypted sort keys kept in memory (about 150 bytes each)
+NAME_CACHE_MAX = 2_000_000
 #: meta key present while the index may miss versions that the blobs hold
 INCOMPLETE = "incomplete"
 
@@ -196,10 +201,10 @@ def is_store(path: Path) -> bool:
 class Store:
     """An open store, acting as one unlocked identity."""
 
-    def __init__(self, root: Path, identity: crypto.Identity) -> None:
+    def __init__(self, root: Path, identity: crypto.Identity, blobs: BlobStore | None = None) -> None:
         self.root = Path(root)
         self.identity = identity
-        self.blobs = LocalBlobStore(self.root)
+        self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(self.root)
         self.index = Index(self.root / "index.sqlite")
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="fsobj-io")
         self.payloads = PayloadIO(self.blobs, self.pool)
@@ -257,6 +262,9 @@ class Store:
     # ------------------------------------------------------------ partitions
     def create_partition(self, name: str) -> PartitionView:
         check_partition_name(name)
+        reason = self.index.get_meta(INCOMPLETE)
+        if reason:
+            raise UsageError(f"cannot create partitions while the index is incomplete ({reason})")
         me = self.identity
         pid = partition_id(name, me.user_id)
         epoch_key = os.urandom(32)
@@ -332,6 +340,10 @@ class Store:
             if me in wraps:
                 raw = self.identity.unwrap(record.partition, epoch, wraps[me])
                 keys[epoch] = crypto.EpochKeys.from_epoch_key(epoch, raw)
+        if role is not None and set(keys) != set(range(len(record.epochs))):
+            # every genuine member holds every epoch key, epoch 0 included, which
+            # lets them check the owner through the sealed ID object below
+            raise IntegrityError(f"partition record {row.record_id.hex()} withholds key epochs: forged?")
         name = None
         if 0 in keys:
             plain = crypto.open_blob(record.name_sealed, crypto.KIND_PARTITION, keys[0], record.partition, b"")
@@ -462,6 +474,8 @@ class Store:
         view = self.partition(partition)
         head = self._head_for_key(view, sort_key, live_only=False)
         version = self.load_version(head.head_hash, view)
+        if version.sort_key != sort_key or version.base_hash != head.base_hash:
+            raise IntegrityError(f"the index points {sort_key!r} at version {head.head_hash.hex()} of another object")
         if version.tombstone:
             raise DeletedError(f"{sort_key!r} in {view.display_name} was deleted", version.hash)
         return version
@@ -473,7 +487,10 @@ class Store:
         """
         head = None if exact else self.index.head(hash_)
         if head is not None:
-            return self.load_version(head.head_hash)
+            version = self.load_version(head.head_hash)
+            if version.base_hash != hash_:
+                raise IntegrityError(f"the index points baseHash {hash_.hex()} at another object's version")
+            return version
         if self.index.version(hash_) is not None:
             return self.load_version(hash_)
         raise NotFoundError(f"no version or object with hash {hash_.hex()}")
@@ -508,6 +525,8 @@ class Store:
         name = self._names.get(cache_key)
         if name is None:
             name = view.epoch_keys(epoch).open_sort_key(view.id, sealed)
+            if len(self._names) >= NAME_CACHE_MAX:
+                self._names.clear()
             self._names[cache_key] = name
         return name
 
@@ -518,8 +537,13 @@ class Store:
         after: str | None = None,
         limit: int | None = None,
         include_deleted: bool = False,
+        after_hash: bytes | None = None,
     ) -> list[ListEntry]:
-        """Objects in sort-key order (ties by absoluteHash)."""
+        """Objects in sort-key order (ties by absoluteHash).
+
+        ``after`` skips every entry up to that sort key; with ``after_hash`` it
+        skips only up to that (sort key, absoluteHash), so ties can be paged.
+        """
         view = self.partition(partition)
         view.require_read()
         entries = self._sorted_entries(view)
@@ -529,8 +553,11 @@ class Store:
         for e in entries:
             if prefix and not e.sort_key.startswith(prefix):
                 continue
-            if after is not None and e.sort_key.encode() <= after.encode():
-                continue
+            if after is not None:
+                position = (e.sort_key.encode(), e.head_hash)
+                bound = (after.encode(), after_hash if after_hash is not None else b"\xff" * 33)
+                if position <= bound:
+                    continue
             out.append(e)
             if limit is not None and len(out) >= limit:
                 break
@@ -614,6 +641,8 @@ class Store:
                     f"--expect must name a version (absoluteHash); the head of that object is {head.head_hash.hex()}",
                     head.head_hash,
                 )
+            if row.partition_id != view.id:
+                raise UsageError(f"--expect {expect.hex()} is a version of another partition")
             return self.load_version(expect, view)
         try:
             head = self._head_for_key(view, sort_key, live_only=True)
@@ -659,6 +688,7 @@ class Store:
         appeared meanwhile, instead of creating a tie.
         """
         view = self.partition(view.id)  # the current record: grants and key epoch may have changed
+        self._renew_session()
         view.require_write()
         keys = view.current_keys()
         if sort_key is None:
@@ -690,7 +720,16 @@ class Store:
         for k, v in header.headers:
             if not isinstance(k, str) or not isinstance(v, str) or not k:
                 raise UsageError("user headers must be non-empty string keys with string values")
-        return self._commit_header(view, prev, header, keys, payload.refs, exclusive, payload.new_blobs)
+        reused = source is ... and prev is not None and prev.header.epoch == keys.epoch
+        return self._commit_header(
+            view, prev, header, keys, payload.refs, exclusive, 0 if reused or not payload.refs else None
+        )
+
+    def _renew_session(self) -> None:
+        """Long-running processes (the mount) get a fresh session key before it expires."""
+        now = int(time.time())
+        if self.session.expires - now < crypto.Session.LIFETIME_S // 4:
+            self.session = crypto.Session(self.identity, now)
 
     def _payload_for(
         self,
@@ -719,7 +758,7 @@ class Store:
         keys: crypto.EpochKeys,
         refs: list[bytes],
         exclusive: bool,
-        new_blobs: int,
+        new_blobs: int | None,
     ) -> Version:
         hash_ = header.absolute_hash()
         blob = crypto.seal_blob(
@@ -744,14 +783,22 @@ class Store:
             self.blobs.put(hash_, blob, fsync=False)
             pending.append(_Pending(view, prev, header.sort_key if exclusive and prev is None else None, row, refs))
             return Version(hash_, header)
-        if new_blobs:
-            self.blobs.sync_all()  # payload blobs are durable before a header names them
-        with self.index.write():
-            self._check_lock(view, prev, header.sort_key if exclusive and prev is None else None)
-            self._check_refs(refs)
-            self.blobs.put(hash_, blob)
-            self.blobs.sync()
-            self.index.add_version(row, refs)
+        if new_blobs is None or new_blobs:
+            # payload blobs are durable before a header names them (also those found
+            # by dedup, which another writer may have written without syncing yet)
+            self.blobs.sync_all()
+        written = False
+        try:
+            with self.index.write():
+                self._check_lock(view, prev, header.sort_key if exclusive and prev is None else None)
+                self._check_refs(refs)
+                written = self.blobs.put(hash_, blob)
+                self.blobs.sync()
+                self.index.add_version(row, refs)
+        except BaseException:
+            if written:
+                self.blobs.delete(hash_)  # never committed: must not reappear in a rebuild
+            raise
         return Version(hash_, header)
 
     # ------------------------------------------------------------ group commit
@@ -847,14 +894,20 @@ class Store:
         return self.purge_series(head.base_hash)
 
     def purge_series(self, base_hash: bytes) -> tuple[int, int]:
-        """Blobs are deleted inside the transaction, so a concurrent commit that
-        deduplicated against one of them sees it gone (``_check_refs``)."""
         with self.index.write():
             hashes, freed = self.index.delete_series(base_hash)
+        # Second transaction: delete what is still unreferenced. A put that
+        # deduplicated against a freed blob and committed in between keeps it;
+        # one committing later finds it gone (_check_refs). A crash in between
+        # leaves only unreferenced blobs, which gc removes.
+        deleted = 0
+        with self.index.write(bump=False):
             for b in [*hashes, *freed]:
-                self.blobs.delete(b)
+                if b in hashes or not self.index.is_referenced(b):
+                    self.blobs.delete(b)
+                    deleted += b not in hashes
             self.blobs.sync()
-        return len(hashes), len(freed)
+        return len(hashes), deleted
 
 
 @dataclass

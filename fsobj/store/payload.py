@@ -2,7 +2,7 @@
 
 Owns: the pipeline between a byte stream and the chunk blobs of one version,
 including the chunk-list tree of large payloads (linked child objects). Work
-per chunk (keyed hash, AES-GCM, blob write + fsync) runs in a shared thread
+per chunk (keyed hash, AES-GCM, blob write) runs in a shared thread
 pool with a bounded window, so memory stays at ``window x MAX_SIZE`` whatever
 the payload size. Never touches SQL.
 """

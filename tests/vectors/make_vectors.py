@@ -21,6 +21,7 @@ import json
 import struct
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import blake3
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
-from fsobj import chunking, crypto, identity
+from fsobj import chunking, crypto, feeds, identity
 from fsobj.errors import FormatError
 from fsobj.model import cbor
 from fsobj.model.header import (
@@ -195,12 +196,14 @@ def epoch_keys_section(epoch_key: bytes) -> dict[str, Any]:
         "epoch_key": epoch_key.hex(),
         "blob_key": d("fsobj 2026-11 v1 blob encryption key", 32).hex(),
         "chunk_id_key": d("fsobj 2026-11 v1 chunk id key", 32).hex(),
+        "chunk_list_id_key": d("fsobj 2026-11 v1 chunk list id key", 32).hex(),
         "sort_key_key": d("fsobj 2026-11 v1 sort key siv key", 64).hex(),
         "cdc_seed": int.from_bytes(d("fsobj 2026-11 v1 chunker seed", 4), "big"),
     }
     k = crypto.EpochKeys.from_epoch_key(0, epoch_key)
-    assert (k.blob_key.hex(), k.chunk_id_key.hex(), k.sort_key_key.hex(), k.cdc_seed) == (
-        out["blob_key"], out["chunk_id_key"], out["sort_key_key"], out["cdc_seed"])
+    assert (k.blob_key.hex(), k.chunk_id_key.hex(), k.chunk_list_id_key.hex(), k.sort_key_key.hex(),
+            k.cdc_seed) == (out["blob_key"], out["chunk_id_key"], out["chunk_list_id_key"], out["sort_key_key"],
+                            out["cdc_seed"])
     return out
 
 
@@ -245,6 +248,34 @@ def chunking_section(seeds: list[int]) -> dict[str, Any]:
         "buffer": {"blake3_xof_key": xof_key.hex(), "input": "", "length": CHUNK_BUFFER_LEN,
                    "blake3": blake3.blake3(buf).hexdigest()},
         "cases": cases,
+    }
+
+
+def feeds_section(owner: crypto.Identity) -> dict[str, Any]:
+    name = "photo-updates"
+    fido = {"type": "fsobj-feed-id", "v": 1, "name": name, "owner": owner.user_id}
+    fido_cbor = cbor.encode(fido)
+    fid = blake3.blake3(fido_cbor).digest()
+    assert fid == feeds.feed_id(name, owner.user_id)
+    feed_key = blake3.blake3(owner.private_bytes(), derive_key_context="fsobj 2026-11 v1 feed key").digest(64)
+    assert feed_key == owner.derive_secret(crypto.CTX_FEED)
+    siv = AESSIV(feed_key)
+    code = feeds.Feeds(SimpleNamespace(index=None, identity=owner))  # type: ignore[arg-type]
+    sealed = []
+    for kind, text in (("name", name), ("prefix", "docs/"), ("prefix", "")):
+        ct = siv.encrypt(text.encode(), [owner.user_id])
+        assert ct == code._seal(text) and code._open(ct) == text and len(ct) == 16 + len(text.encode())
+        sealed.append({"what": kind, "text": text, "sealed": ct.hex()})
+    return {
+        "name": name,
+        "owner": owner.user_id.hex(),
+        "id_object": tagged(fido),
+        "id_object_cbor": fido_cbor.hex(),
+        "feed_id": fid.hex(),
+        "owner_private": owner.private_bytes().hex(),
+        "feed_key": feed_key.hex(),
+        "associated_data": owner.user_id.hex(),
+        "sealed": sealed,
     }
 
 
@@ -302,10 +333,14 @@ def build() -> dict[str, Any]:
     entries = [ChunkRef(chunk_id, len(payload)), ChunkRef(fixed("another chunk id"), 524288)]
     node = cbor.encode({"type": "fsobj-chunk-list", "v": 1, "entries": [[c.id, c.length] for c in entries]})
     assert node == encode_chunk_list(entries)
-    node_id = keys.chunk_id(node)
+    # its own id key: the same bytes stored as a chunk would get another id
+    node_id = blake3.blake3(node, key=bytes.fromhex(ek_v["chunk_list_id_key"])).digest()
+    assert node_id == keys.payload_blob_id(crypto.KIND_CHUNK_LIST, node) != keys.chunk_id(node)
     node_env = seal_by_hand(3, keys.blob_key, 0, fixed("chunk list nonce", 12), pid, node_id, node)
+    assert crypto.open_blob(bytes.fromhex(node_env["blob"]), 3, keys, pid, node_id) == node
     out["chunk_list"] = {"kind": 3, "entries": [[c.id.hex(), c.length] for c in entries], "plaintext": node.hex(),
-                         "blob_id": node_id.hex(), **node_env}
+                         "blob_id": node_id.hex(), "chunk_id_of_same_bytes": keys.chunk_id(node).hex(),
+                         **node_env}
 
     # ---- partition record (seq 2: alice owner, bob writer, epoch 0)
     name_sealed_env = seal_by_hand(4, keys.blob_key, 0, fixed("name_sealed nonce", 12), pid, b"", ido_cbor)
@@ -438,6 +473,9 @@ def build() -> dict[str, Any]:
     assert crypto.open_with_passphrase(doc, passphrase, alice.user_id) == alice.private_bytes()
     out["identity_file"] = {"passphrase": passphrase, "scrypt_key": pkey.hex(), "json": json.dumps(doc, indent=2)}
     out["public_identity"] = {"json": identity.export_public(alice.public)}
+
+    # ---- feeds (index schema 2): feed id and names sealed with alice's feed key
+    out["feeds"] = feeds_section(alice)
 
     # ---- store marker
     marker = {"format": "fsobj-store", "store_id": fixed("store id", 16).hex(), "version": 1}

@@ -1,0 +1,254 @@
+"""File contents: open, read, write, truncate, flush, fsync, release, and commits.
+
+Owns: when an open file becomes a version. A file commits when the last
+handle that wrote to it is closed (``flush`` of a handle that wrote, or
+``release``), on ``fsync``, and at unmount; exactly one version per commit.
+If the object moved on underneath (another mount, the CLI), the writer's data
+is committed as ``<key>.conflict-<hash8>`` and the event is logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from fsobj.errors import ConflictError, NotFoundError
+from fsobj.fs import work
+from fsobj.fs.inodes import NodeKey
+from fsobj.fs.openfile import OpenFile
+from fsobj.fs.staging import BASE, DIRTY
+from fsobj.fs.state import (
+    MountState,
+    PartState,
+    log,
+    oserror,
+)
+from fsobj.fs.tree import (
+    Ref,
+)
+from fsobj.store import Version
+
+
+class FileOps(MountState):
+    """Operations on file contents and their commits."""
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """A new handle: (fh, keep_cache)."""
+        key = self._key(ino)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        existed = ino in self.files
+        if key[0] == "ver":
+            if writable:
+                raise oserror(errno.EROFS, "versions are read-only")
+            of = self.files.get(ino) or await self._open_version(ino, key[1])
+        elif key[0] == "obj":
+            ps = self._part(key[1])
+            if writable:
+                self._writable(ps)
+            of = self.files.get(ino) or await self._open_object(ino, ps, key[2])
+            if existed and not of.dirty:
+                await self._follow_head(of, ps)
+        else:
+            raise oserror(errno.EISDIR)
+        fh = self._add_handle(of, writable)
+        if writable and flags & os.O_TRUNC:
+            await self._truncate_of(of, 0)
+        keep = existed or (of.base is not None and self.page_cache.get(ino) == of.base.hash)
+        return fh, keep
+
+    async def _open_version(self, ino: int, h: bytes) -> OpenFile:
+        v = await self._version(h)
+        of = OpenFile(ino, v.header.partition, None, v.sort_key, v, v.header.posix, v.header.headers, read_only=True)
+        return self._track(of)
+
+    async def _open_object(self, ino: int, ps: PartState, ref: Ref) -> OpenFile:
+        await self._tree(ps)
+        e = ps.heads.get(ref) if isinstance(ref, bytes) else None
+        if e is None or e.tombstone:
+            raise oserror(errno.ENOENT)
+        v = await self._version(e.head_hash, ps.view)
+        if v.header.posix.type not in ("file",):
+            raise oserror(errno.EINVAL if v.header.posix.type != "dir" else errno.EISDIR)
+        of = OpenFile(ino, ps.pid, ref, v.sort_key, v, v.header.posix, v.header.headers)
+        return self._track(of)
+
+    async def _follow_head(self, of: OpenFile, ps: PartState) -> None:
+        """An open file with nothing staged follows versions committed elsewhere."""
+        e = ps.heads.get(of.ref) if isinstance(of.ref, bytes) else None
+        if e is not None and not e.tombstone and of.base is not None and e.head_hash != of.base.hash:
+            of.rebase(await self._version(e.head_hash, ps.view))
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        _, of = self._file(fh)
+        if of.staging is None:
+            return await self._read_base(of, off, size)
+        async with of.lock:
+            if of.staging is None:
+                return await self._read_base(of, off, size)
+            out = []
+            for p in of.staging.pieces(off, size):
+                if p.kind == DIRTY:
+                    out.append(of.staging.read_dirty(p.start, p.end - p.start))
+                elif p.kind == BASE:
+                    out.append(await self._read_base(of, p.start, p.end - p.start))
+                else:
+                    out.append(bytes(p.end - p.start))
+            return b"".join(out)
+
+    async def _read_base(self, of: OpenFile, off: int, size: int) -> bytes:
+        reader = of.reader(self.store, self._view(of))
+        return await reader.read(off, size, self.limiter) if reader is not None else b""
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        h, of = self._file(fh)
+        if not h.writable or of.read_only:
+            raise oserror(errno.EBADF)
+        async with of.lock:
+            of.ensure_staging(self.opts.spill_dir).write(off, data)
+            of.touch()
+        h.flushed = False
+        return len(data)
+
+    async def flush(self, fh: int) -> None:
+        """close(2) of a descriptor: commit if this handle wrote since its last flush and no
+        other writer still has unflushed writes. A handle that did not write commits at
+        release instead: ``echo x > f`` closes a dup of the descriptor before writing."""
+        h, of = self._file(fh)
+        wrote, h.flushed = not h.flushed, True
+        if wrote:
+            await self._maybe_commit(of)
+
+    async def fsync(self, fh: int) -> None:
+        _, of = self._file(fh)
+        if of.dirty:
+            await self._commit(of)
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        of = self.files[h.ino]
+        of.handles.discard(fh)
+        try:
+            await self._maybe_commit(of)
+        finally:
+            if not of.handles:
+                self._close_file(of)
+
+    def _close_file(self, of: OpenFile) -> None:
+        if of.dirty and not of.unlinked:
+            log.error("closing %s with uncommitted changes (the commit failed; see above)", of.sort_key)
+        of.drop_staging()
+        self.files.pop(of.ino, None)
+        if of.base is not None and not of.dirty:
+            self.page_cache[of.ino] = of.base.hash
+        self.inodes.unpin(of.ino)
+
+    async def _maybe_commit(self, of: OpenFile) -> None:
+        if of.dirty and not any(not w.flushed for w in of.writers(self.handles)):
+            await self._commit(of)
+
+    async def _commit(self, of: OpenFile) -> None:
+        """Commit an open file's staged state as one new version (a conflict copy if it lost a race)."""
+        async with of.lock:
+            if not of.dirty:
+                return
+            if of.unlinked:
+                log.debug("discarding writes to unlinked %s", of.sort_key)
+                of.dirty = False
+                of.drop_staging()
+                return
+            ps = self._part(of.pid)
+            job = work.DataJob(
+                ps.view,
+                of.base,
+                of.sort_key,
+                of.posix,
+                of.headers,
+                of.source(self.store, ps.view),
+                of.payload_changed,
+            )
+            try:
+                done = await self._work(work.commit_data, job)
+            except ConflictError as e:
+                await self._save_conflict(of, ps, job, e)
+                return
+            v = done.value
+            if isinstance(of.ref, int):
+                self._settle_new(ps, of, v)
+            self._apply(ps, [v], done.gen_after)
+            of.committed(v)
+
+    def _settle_new(self, ps: PartState, of: OpenFile, v: Version) -> None:
+        """A file created here got its first version: its ref becomes the baseHash."""
+        old = of.ref
+        assert isinstance(old, int)
+        if ps.tree is not None:
+            ps.tree.remove(old)
+        of.ref = v.base_hash
+        self.inodes.rekey(("obj", ps.pid, old), ("obj", ps.pid, v.base_hash))
+
+    async def _save_conflict(self, of: OpenFile, ps: PartState, job: work.DataJob, e: ConflictError) -> None:
+        """The writer's data goes to ``<key>.conflict-<hash8>``; the file follows the winner."""
+        done = await self._work(work.conflict_copy, job, e.current)
+        copy = done.value
+        self._apply(ps, [copy], done.gen_after)
+        log.warning(
+            "conflict: %s/%s changed while it was open for writing (%s); the writer's data was saved as %s/%s",
+            ps.name,
+            job.sort_key,
+            e,
+            ps.name,
+            copy.sort_key,
+        )
+        of.dirty = False
+        of.drop_staging()
+        if isinstance(of.ref, int):
+            if ps.tree is not None:
+                ps.tree.remove(of.ref)
+            of.unlinked = True
+            return
+        try:
+            cur = await self._thread(work.head, self.store, ps.view, of.ref)
+        except NotFoundError:
+            of.unlinked = True
+            return
+        self._apply(ps, [cur], -1)
+        if cur.tombstone:
+            of.unlinked = True
+        else:
+            of.rebase(cur)
+
+    async def flush_all(self) -> None:
+        """Commit every open file with staged changes (SIGTERM, unmount)."""
+        for of in list(self.files.values()):
+            if of.dirty:
+                try:
+                    await self._commit(of)
+                except Exception:
+                    log.exception("could not commit %s", of.sort_key)
+
+    async def _truncate(self, ino: int, key: NodeKey, size: int) -> None:
+        if key[0] != "obj":
+            raise oserror(errno.EISDIR if key[0] != "ver" else errno.EROFS)
+        ps = self._part(key[1])
+        self._writable(ps)
+        of = self.files.get(ino)
+        if of is not None:
+            await self._truncate_of(of, size)
+            await self._maybe_commit(of)
+            return
+        of = await self._open_object(ino, ps, key[2])
+        try:
+            await self._truncate_of(of, size)
+            await self._commit(of)
+        finally:
+            if not of.handles:
+                self._close_file(of)
+
+    async def _truncate_of(self, of: OpenFile, size: int) -> None:
+        async with of.lock:
+            st = of.ensure_staging(self.opts.spill_dir)
+            if size != st.size or size < st.base_limit:
+                st.truncate(size)
+                of.touch()

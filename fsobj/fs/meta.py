@@ -1,0 +1,182 @@
+"""Attributes and headers: setattr (chmod, chown, utime, truncate) and xattrs.
+
+Owns: metadata versions (same payload, no new chunks). A change to a file
+that has staged writes waiting is folded into the version that commit will
+make; otherwise it is committed at once on the series' current head.
+Directories keep their attributes in a directory marker object, made on
+first use.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import replace
+
+from fsobj.fs import work, xattrs
+from fsobj.fs.files import FileOps
+from fsobj.fs.inodes import NodeKey
+from fsobj.fs.state import (
+    Attr,
+    PartState,
+    oserror,
+)
+from fsobj.fs.tree import (
+    Ref,
+    marker_key,
+)
+from fsobj.model.header import Posix
+from fsobj.store import PartitionView, Version
+
+
+class MetaOps(FileOps):
+    """Operations on attributes and extended attributes."""
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+    ) -> Attr:
+        key = self._key(ino)
+        if size is not None:
+            if fh is not None and fh in self.handles:
+                self.handles[fh].flushed = False  # ftruncate, O_TRUNC: commits at this handle's close
+            await self._truncate(ino, key, size)
+        if mode is not None or uid is not None or gid is not None or mtime_ns is not None:
+
+            def change(p: Posix, headers: tuple[tuple[str, str], ...]) -> tuple[Posix, tuple[tuple[str, str], ...]]:
+                return (
+                    replace(
+                        p,
+                        mode=p.mode if mode is None else mode & 0o7777,
+                        uid=p.uid if uid is None else uid,
+                        gid=p.gid if gid is None else gid,
+                        mtime_ns=p.mtime_ns if mtime_ns is None else mtime_ns,
+                    ),
+                    headers,
+                )
+
+            await self._change_meta(ino, key, change)
+        return await self._attr(self._key(ino), ino)
+
+    async def _change_meta(self, ino: int, key: NodeKey, change: work.Change) -> None:
+        """A metadata version of an object or directory (folded into a pending commit if one waits)."""
+        if key[0] == "obj":
+            ps = self._part(key[1])
+            self._writable(ps)
+            of = self.files.get(ino)
+            if of is not None and (of.dirty or isinstance(of.ref, int)):
+                async with of.lock:
+                    of.posix, of.headers = change(of.posix, of.headers)
+                    of.dirty = True
+                await self._maybe_commit(of)
+                return
+            await self._meta_version(ps, key[2], change)
+        elif key[0] == "dir":
+            ps = self._part(key[1])
+            self._writable(ps)
+            await self._dir_meta(ps, key[2], change)
+        elif key[0] == "ver":
+            raise oserror(errno.EROFS, "versions are read-only")
+        else:
+            raise oserror(errno.EPERM)
+
+    async def _meta_version(self, ps: PartState, ref: Ref, change: work.Change) -> None:
+        assert isinstance(ref, bytes)
+        done = await self._work(work.update_meta, ps.view, ref, change)
+        v = done.value
+        if v is None:
+            return
+        self._apply(ps, [v], done.gen_after)
+        ino = self.inodes.find(("obj", ps.pid, ref))
+        of = self.files.get(ino) if ino is not None else None
+        if of is not None and not of.dirty and of.base is not None and of.base.hash == v.header.prev:
+            of.rebase(v)
+
+    async def _dir_meta(self, ps: PartState, path: str, change: work.Change) -> None:
+        async with ps.lock:
+            tree = await self._tree(ps)
+            d = tree.dir(path)
+            if d is None:
+                raise oserror(errno.ENOENT)
+            if isinstance(d.marker, bytes):
+                await self._meta_version(ps, d.marker, change)
+                return
+            posix, headers = change(self._default_dir_posix(), ())
+            done = await self._work(work.create, ps.view, marker_key(path), b"", posix, headers)
+            self._apply(ps, [done.value], done.gen_after)
+
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        if not name.startswith(xattrs.USER):
+            raise oserror(errno.ENODATA)
+        value = (await self._xattrs(ino)).get(name)
+        if value is None:
+            raise oserror(errno.ENODATA)
+        return value
+
+    async def listxattr(self, ino: int) -> list[str]:
+        return list(await self._xattrs(ino))
+
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        header = xattrs.header_name(name)
+        text = xattrs.header_value(value)
+        await self._change_meta(ino, self._key(ino), lambda p, h: (p, xattrs.with_header(h, header, text)))
+
+    async def removexattr(self, ino: int, name: str) -> None:
+        header = xattrs.header_name(name)
+        key = self._key(ino)
+        if name not in await self._xattrs(ino):
+            raise oserror(errno.ENODATA)
+        await self._change_meta(ino, key, lambda p, h: (p, xattrs.without_header(h, header)))
+
+    async def _xattrs(self, ino: int) -> dict[str, bytes]:
+        key = self._key(ino)
+        kind = key[0]
+        if kind == "root":
+            return {xattrs.NS + "daemon_pid": str(os.getpid()).encode(), xattrs.NS + "store": bytes(self.store.root)}
+        if kind == "ver":
+            v = await self._version(key[1])
+            return await self._version_xattrs(v, self._part(v.header.partition).view)
+        ps = self._part(key[1])
+        if kind == "obj":
+            return await self._object_xattrs(ino, ps, key[2])
+        out = xattrs.partition_xattrs(ps.view)
+        if kind == "dir":
+            d = (await self._tree(ps)).dir(key[2])
+            if d is not None and isinstance(d.marker, bytes) and d.marker in ps.heads:
+                v = await self._version(ps.heads[d.marker].head_hash, ps.view)
+                out.update(await self._version_xattrs(v, ps.view))
+        return out
+
+    async def _object_xattrs(self, ino: int, ps: PartState, ref: Ref) -> dict[str, bytes]:
+        of = self.files.get(ino)
+        if of is not None and of.base is None:
+            return {xattrs.USER + k: v.encode() for k, v in of.headers}
+        if of is not None:
+            v = of.base
+        else:
+            await self._tree(ps)
+            e = ps.heads.get(ref) if isinstance(ref, bytes) else None
+            if e is None or e.tombstone:
+                raise oserror(errno.ENOENT)
+            v = await self._version(e.head_hash, ps.view)
+        assert v is not None
+        out = await self._version_xattrs(v, ps.view)
+        if of is not None and of.headers != v.header.headers:  # headers set since, not committed yet
+            out = {k: val for k, val in out.items() if k.startswith(xattrs.NS)}
+            out.update({xattrs.USER + k: val.encode() for k, val in of.headers})
+        return out
+
+    async def _version_xattrs(self, v: Version, view: PartitionView) -> dict[str, bytes]:
+        if v.header.chunks is not None:
+            count = len(v.header.chunks)
+        else:
+            keys = view.epoch_keys(v.header.epoch)
+            count = len(await self._thread(self.store.payloads.chunk_refs, v.header, keys))
+        return xattrs.version_xattrs(v, view, count)

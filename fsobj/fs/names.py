@@ -1,0 +1,326 @@
+"""Names: create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
+
+Owns: the rules for changing names. Every change runs under the partition's
+namespace lock from its checks to the update of the tree, and all versions
+of one change (a rename of a whole directory, a rename over an existing file
+with its tombstone, the marker that keeps an emptied directory) commit in one
+transaction. Files created here have no version until their first commit; a
+rename or unlink of such a file changes memory only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+
+from fsobj.fs import work
+from fsobj.fs.inodes import NodeKey
+from fsobj.fs.openfile import OpenFile
+from fsobj.fs.state import (
+    TYPE_OF_BITS,
+    Attr,
+    MountState,
+    PartState,
+    oserror,
+)
+from fsobj.fs.tree import (
+    RESERVED,
+    Child,
+    PartitionTree,
+    Ref,
+    is_under,
+    join,
+    key_for,
+    marker_key,
+    moved_key,
+)
+from fsobj.model.header import MAX_SORT_KEY_BYTES, Posix, check_sort_key
+from fsobj.store import Version
+
+RENAME_NOREPLACE = 1  # linux/fs.h values, as pyfuse3 passes them
+RENAME_EXCHANGE = 2
+
+
+class NameOps(MountState):
+    """Operations that make, remove and move names."""
+
+    def _dir_of(self, ino: int) -> tuple[PartState, str]:
+        """The partition and path of a directory where names can be made."""
+        key = self._key(ino)
+        if key[0] == "root":
+            raise oserror(errno.EPERM, "the mount root holds only partitions (mkdir makes one)")
+        if key[0] != "dir":
+            raise oserror(errno.EROFS if key[0] in ("vdir", "objects", "ver") else errno.ENOTDIR)
+        return self._part(key[1]), key[2]
+
+    def _new_key(self, path: str, name: str) -> str:
+        if not path and name in RESERVED:
+            raise oserror(errno.EEXIST, f"{name} is reserved")
+        key = key_for(path, name)
+        if len(key.encode("utf-8", "surrogateescape")) > MAX_SORT_KEY_BYTES:
+            raise oserror(errno.ENAMETOOLONG)
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise oserror(errno.EILSEQ, "names must be UTF-8") from None
+        check_sort_key(key)
+        return key
+
+    async def _parent_gid(self, ps: PartState, path: str, uid_gid: tuple[int, int]) -> tuple[int, bool]:
+        """(gid for a new entry, whether the parent is set-group-ID)."""
+        attr = await self._partdir_attr(0, ps, path)
+        if attr.mode & stat.S_ISGID:
+            return attr.gid, True
+        return uid_gid[1], False
+
+    async def create(self, parent: int, name: str, mode: int, flags: int, uid: int, gid: int) -> tuple[int, Attr]:
+        ps, path = self._dir_of(parent)
+        self._writable(ps)
+        async with ps.lock:
+            tree = await self._tree(ps)
+            if tree.lookup(path, name) is not None:
+                raise oserror(errno.EEXIST)
+            key = self._new_key(path, name)
+            gid, _ = await self._parent_gid(ps, path, (uid, gid))
+            ref = self._next_ref
+            self._next_ref += 1
+            tree.add(ref, key)
+        ino = self.inodes.get(("obj", ps.pid, ref))
+        posix = Posix("file", mode & 0o7777, uid, gid, time.time_ns())
+        of = self._track(OpenFile(ino, ps.pid, ref, key, None, posix, dirty=True))
+        fh = self._add_handle(of, flags & os.O_ACCMODE != os.O_RDONLY)
+        return fh, await self._entry(("obj", ps.pid, ref))
+
+    async def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Attr:
+        if self._key(parent)[0] == "root":
+            return await self._mkpartition(name)
+        ps, path = self._dir_of(parent)
+        gid, sgid = await self._parent_gid(ps, path, (uid, gid))
+        posix = Posix("dir", (mode & 0o7777) | (stat.S_ISGID if sgid else 0), uid, gid, time.time_ns())
+        new_path = join(path, name)
+        await self._make(ps, path, name, marker_key(new_path), posix, b"")
+        return await self._entry(("dir", ps.pid, new_path))
+
+    async def _mkpartition(self, name: str) -> Attr:
+        self._writable()
+        view = await self._thread(self.store.create_partition, name)
+        await self.refresh(force=True)
+        return await self._entry(("dir", view.id, ""))
+
+    async def symlink(self, parent: int, name: str, target: bytes, uid: int, gid: int) -> Attr:
+        ps, path = self._dir_of(parent)
+        gid, _ = await self._parent_gid(ps, path, (uid, gid))
+        v = await self._make(ps, path, name, None, Posix("symlink", 0o777, uid, gid, time.time_ns()), target)
+        return await self._entry(("obj", ps.pid, v.base_hash))
+
+    async def mknod(self, parent: int, name: str, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        kind = TYPE_OF_BITS.get(stat.S_IFMT(mode))
+        if kind is None or kind in ("dir", "symlink"):
+            raise oserror(errno.EINVAL)
+        ps, path = self._dir_of(parent)
+        gid, _ = await self._parent_gid(ps, path, (uid, gid))
+        posix = Posix(kind, mode & 0o7777, uid, gid, time.time_ns(), rdev if kind in ("chardev", "blockdev") else 0)
+        v = await self._make(ps, path, name, None, posix, b"")
+        return await self._entry(("obj", ps.pid, v.base_hash))
+
+    async def _make(
+        self, ps: PartState, path: str, name: str, key: str | None, posix: Posix, payload: bytes
+    ) -> Version:
+        """Commit a new object (file, symlink, special file or directory marker) named ``name``."""
+        self._writable(ps)
+        async with ps.lock:
+            tree = await self._tree(ps)
+            if tree.lookup(path, name) is not None:
+                raise oserror(errno.EEXIST)
+            self._new_key(path, name)
+            done = await self._work(work.create, ps.view, key or key_for(path, name), payload, posix, ())
+            self._apply(ps, [done.value], done.gen_after)
+            return done.value
+
+    def link(self) -> None:
+        raise oserror(errno.EPERM, "hard links are not supported")
+
+    async def unlink(self, parent: int, name: str) -> None:
+        ps, path = self._dir_of(parent)
+        self._writable(ps)
+        async with ps.lock:
+            tree = await self._tree(ps)
+            c = tree.lookup(path, name)
+            if c is None:
+                raise oserror(errno.ENOENT)
+            if c.is_dir:
+                raise oserror(errno.EISDIR)
+            await self._change_names(ps, [], [c.ref], keep=[(path, {c.ref}, set())])
+
+    async def rmdir(self, parent: int, name: str) -> None:
+        if self._key(parent)[0] == "root":
+            raise oserror(errno.EPERM, "removing a partition is not supported through the mount")
+        ps, path = self._dir_of(parent)
+        self._writable(ps)
+        async with ps.lock:
+            tree = await self._tree(ps)
+            c = tree.lookup(path, name)
+            if c is None:
+                raise oserror(errno.ENOENT)
+            if not c.is_dir:
+                raise oserror(errno.ENOTDIR)
+            d = tree.dir(c.path)
+            assert d is not None
+            if not d.empty():
+                raise oserror(errno.ENOTEMPTY)
+            await self._change_names(ps, [], list(d.markers), keep=[(path, set(), {name})])
+
+    async def rename(self, parent_old: int, name_old: str, parent_new: int, name_new: str, flags: int) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise oserror(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        ps, src_dir = self._dir_of(parent_old)
+        ps_new, dst_dir = self._dir_of(parent_new)
+        if ps_new is not ps:
+            raise oserror(errno.EXDEV)
+        self._writable(ps)
+        async with ps.lock:
+            tree = await self._tree(ps)
+            src = tree.lookup(src_dir, name_old)
+            if src is None:
+                raise oserror(errno.ENOENT)
+            dst = tree.lookup(dst_dir, name_new)
+            if dst is not None and flags & RENAME_NOREPLACE:
+                raise oserror(errno.EEXIST)
+            if dst == src:
+                return
+            new_key = self._new_key(dst_dir, name_new)
+            origin = (src_dir, name_old) if src_dir != dst_dir else None
+            if src.is_dir:
+                await self._rename_dir(ps, tree, src.path, join(dst_dir, name_new), dst, origin)
+            else:
+                await self._rename_file(ps, src.ref, new_key, dst, origin)
+
+    async def _rename_file(
+        self, ps: PartState, ref: Ref, new_key: str, dst: Child | None, origin: tuple[str, str] | None
+    ) -> None:
+        if dst is not None and dst.is_dir:
+            raise oserror(errno.EISDIR)
+        removals = [dst.ref] if dst is not None else []
+        keep = [(origin[0], {ref}, set[str]())] if origin else []
+        await self._change_names(ps, [(ref, new_key)], removals, keep=keep)
+
+    async def _rename_dir(
+        self,
+        ps: PartState,
+        tree: PartitionTree,
+        old: str,
+        new: str,
+        dst: Child | None,
+        origin: tuple[str, str] | None,
+    ) -> None:
+        if is_under(new, old):
+            raise oserror(errno.EINVAL, "cannot move a directory into itself")
+        removals: list[Ref] = []
+        if dst is not None:
+            if not dst.is_dir:
+                raise oserror(errno.ENOTDIR)
+            d = tree.dir(dst.path)
+            assert d is not None
+            if not d.empty():
+                raise oserror(errno.ENOTEMPTY)
+            removals = list(d.markers)
+        moves = [(ref, moved_key(key, old, new)) for ref, key in tree.refs_under(old)]
+        keep = [(origin[0], set[Ref](), {origin[1]})] if origin else []
+        await self._change_names(ps, moves, removals, keep=keep)
+        self.inodes.rekey_where(partial(_moved_dir_key, ps.pid, old, new))
+
+    async def _change_names(
+        self,
+        ps: PartState,
+        moves: list[tuple[Ref, str]],
+        removals: list[Ref],
+        keep: list[tuple[str, set[Ref], set[str]]],
+    ) -> None:
+        """Move and remove objects in one transaction; keep emptied parent directories.
+
+        ``keep`` lists (directory, refs leaving it, subdirectory names leaving it):
+        a directory without a marker that would become empty gets one, as a
+        directory on a local filesystem stays when its last entry goes.
+        """
+        tree = ps.tree
+        assert tree is not None
+        markers = [
+            (marker_key(p), self._default_dir_posix()) for p, refs, subs in keep if _empties(tree, p, refs, subs)
+        ]
+        touched = [r for r, _ in moves] + removals
+        async with self._locked_files(ps, touched):
+            committed_moves = [(r, k) for r, k in moves if isinstance(r, bytes)]
+            committed_removals = [r for r in removals if isinstance(r, bytes)]
+            versions: list[Version] = []
+            if committed_moves or committed_removals or markers:
+                ns = work.Namespace(ps.view, committed_moves, committed_removals, markers)  # type: ignore[arg-type]
+                done = await self._work(work.change_names, ns)
+                versions = done.value
+                self._apply(ps, versions, done.gen_after)
+            self._settle_pending(ps, tree, moves, removals)
+            self._follow_moves(ps, versions)
+
+    def _settle_pending(
+        self, ps: PartState, tree: PartitionTree, moves: list[tuple[Ref, str]], removals: list[Ref]
+    ) -> None:
+        """Files created here and not committed yet move or vanish in memory only; open ones notice."""
+        for ref, key in moves:
+            of = self._open_of(ps, ref)
+            if isinstance(ref, int):
+                tree.add(ref, key)
+            if of is not None:
+                of.sort_key = key
+        for ref in removals:
+            if isinstance(ref, int):
+                tree.remove(ref)
+            of = self._open_of(ps, ref)
+            if of is not None:
+                of.unlinked = True
+
+    def _follow_moves(self, ps: PartState, versions: list[Version]) -> None:
+        """Open files whose object got a metadata version here keep it as their base (same payload)."""
+        for v in versions:
+            of = self._open_of(ps, v.base_hash)
+            if of is None or v.tombstone:
+                continue
+            if of.base is not None and of.base.hash == v.header.prev:
+                of.base = v
+                of.sort_key = v.sort_key
+                if not of.dirty:
+                    of.rebase(v)
+
+    @contextlib.asynccontextmanager
+    async def _locked_files(self, ps: PartState, refs: list[Ref]) -> AsyncIterator[None]:
+        """Hold the locks of the open files among ``refs`` (no commit of theirs runs meanwhile)."""
+        files = sorted({of.ino: of for r in refs if (of := self._open_of(ps, r)) is not None}.values(), key=_ino)
+        async with contextlib.AsyncExitStack() as stack:
+            for of in files:
+                await stack.enter_async_context(of.lock)
+            yield
+
+
+def _ino(of: OpenFile) -> int:
+    return of.ino
+
+
+def _empties(tree: PartitionTree, path: str, refs: set[Ref], subdirs: set[str]) -> bool:
+    """True if directory ``path`` has no marker and loses its last entries."""
+    if not path:
+        return False
+    d = tree.dir(path)
+    if d is None or d.markers:
+        return False
+    left_files = any(r not in refs for rs in d.files.values() for r in rs)
+    left_dirs = any(n not in subdirs for n in d.subdirs)
+    return not left_files and not left_dirs
+
+
+def _moved_dir_key(pid: bytes, old: str, new: str, key: NodeKey) -> NodeKey | None:
+    if key[0] == "dir" and key[1] == pid and is_under(key[2], old) and key[2]:
+        return ("dir", pid, new + key[2][len(old) :])
+    return None

@@ -1,0 +1,411 @@
+"""The state of one mount and the reads every operation shares.
+
+Owns: the partitions shown in the mount root and their trees (``fsobj.fs.tree``),
+the inode table, open files and handles, the cache of verified versions, and
+how a node's attributes are computed. Keeps the trees current: our own commits
+are applied in place (:meth:`MountState._apply`); changes made by others
+(another mount, the CLI) are noticed through the index generation counter and
+rebuild the trees (:meth:`MountState.refresh`). The operations themselves live
+in ``lookup``, ``files``, ``meta`` and ``names``; the concurrency rules are in
+``fsobj.fs.filesystem``.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import trio
+
+from fsobj.fs import work
+from fsobj.fs.inodes import NodeKey
+from fsobj.fs.openfile import Handle, OpenFile
+from fsobj.fs.tree import (
+    HistoryTree,
+    PartitionTree,
+    Ref,
+)
+from fsobj.model.header import Posix
+from fsobj.store import ListEntry, PartitionView, Version
+
+log = logging.getLogger("fsobj.fs")
+
+T = TypeVar("T")
+
+TYPE_BITS = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+}
+TYPE_OF_BITS = {bits: name for name, bits in TYPE_BITS.items()}
+HEAD_SUFFIX = "@head"  # .objects/<baseHash>@head: the series' current version
+PRELOAD = 256  # headers fetched per thread call when a listing needs attributes
+VERSION_CACHE = 16384
+IMMUTABLE_TIMEOUT = 3600.0
+
+
+@dataclass
+class Attr:
+    """What ``stat`` shows; ``timeout`` is how long the kernel may cache it."""
+
+    ino: int
+    mode: int
+    nlink: int = 1
+    uid: int = 0
+    gid: int = 0
+    rdev: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    timeout: float = 1.0
+
+
+@dataclass
+class Options:
+    read_only: bool = False
+    spill_dir: str | None = None  # where staging spills to disk (0700, outside the store)
+    uid: int = field(default_factory=os.getuid)  # owner shown for directories without a marker
+    gid: int = field(default_factory=os.getgid)
+    attr_timeout: float = 1.0  # kernel cache of attributes and names of live objects
+    refresh_interval: float = 1.0  # how often the index generation is checked for others' changes
+    threads: int = 8
+
+
+@dataclass
+class PartState:
+    """One partition as the mount shows it; ``tree`` None means "rebuild before use"."""
+
+    view: PartitionView
+    name: str
+    lock: trio.Lock = field(default_factory=trio.Lock)  # namespace lock
+    build_lock: trio.Lock = field(default_factory=trio.Lock)
+    tree: PartitionTree | None = None
+    history: HistoryTree | None = None
+    heads: dict[bytes, ListEntry] = field(default_factory=dict)  # baseHash -> head, deleted ones too
+
+    @property
+    def pid(self) -> bytes:
+        return self.view.id
+
+    @property
+    def writable(self) -> bool:
+        return self.view.role in ("owner", "write")
+
+
+class VersionCache:
+    """Verified versions by absoluteHash (immutable, so never stale). Thread-safe."""
+
+    def __init__(self, size: int = VERSION_CACHE) -> None:
+        self._d: collections.OrderedDict[bytes, Version] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, h: bytes) -> Version | None:
+        with self._lock:
+            v = self._d.get(h)
+            if v is not None:
+                self._d.move_to_end(h)
+            return v
+
+    def put(self, v: Version) -> None:
+        with self._lock:
+            self._d[v.hash] = v
+            while len(self._d) > self._size:
+                self._d.popitem(last=False)
+
+
+def entry_of(v: Version) -> ListEntry:
+    return ListEntry(v.sort_key, v.base_hash, v.hash, v.header.seq, v.length, v.header.created_us, v.tombstone)
+
+
+def oserror(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
+
+
+class MountState:
+    """Everything a mount knows; the base of the operation mixins."""
+
+    def __init__(self, size: int = VERSION_CACHE) -> None:
+        self._d: collections.OrderedDict[bytes, Version] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    async def _work(self, fn: Callable[..., tuple[T, int]], *args: Any) -> work.Done[T]:
+        """Run one logical store operation in a worker thread; note whose commits moved the index."""
+        done: work.Done[T] = await self._thread(work.run, self.store, fn, *args)
+        if done.gen_before == self._gen and done.gen_after == self._gen + done.txns:
+            self._gen = done.gen_after  # only our own transactions: the trees are current
+        return done
+
+    async def _version(self, h: bytes, view: PartitionView | None = None) -> Version:
+        v = self.versions.get(h)
+        if v is None:
+            v = await self._thread(self.store.load_version, h, view)
+            self.versions.put(v)
+        return v
+
+    async def _preload(self, pairs: Iterable[tuple[bytes, PartitionView]]) -> None:
+        """Fetch many headers in one thread call (a listing that needs every entry's attributes)."""
+        todo = [(h, view) for h, view in pairs if self.versions.get(h) is None]
+
+        def load() -> None:
+            for h, view in todo:
+                try:
+                    self.versions.put(self.store.load_version(h, view))
+                except Exception as e:  # reported when the entry itself is asked for
+                    log.debug("preload of %s failed: %s", h.hex(), e)
+
+        if todo:
+            await self._thread(load)
+
+    def _key(self, ino: int) -> NodeKey:
+        key = self.inodes.key(ino)
+        if key is None or key[0] == "gone":
+            raise oserror(errno.ENOENT, f"inode {ino}")
+        return key
+
+    def _part(self, pid: bytes) -> PartState:
+        ps = self.parts.get(pid)
+        if ps is None:
+            raise oserror(errno.ENOENT, "partition is gone")
+        return ps
+
+    def _writable(self, ps: PartState | None = None) -> None:
+        if self.opts.read_only:
+            raise oserror(errno.EROFS)
+        if ps is not None and not ps.writable:
+            raise oserror(errno.EROFS, f"partition {ps.name} is read-only for this identity")
+
+    async def refresh(self, force: bool = False) -> None:
+        """Notice changes made by others (another mount, the CLI) at most every ``refresh_interval``."""
+        now = trio.current_time()
+        if not force and now < self._next_check:
+            return
+        self._next_check = now + self.opts.refresh_interval
+        if force or self.store.index.generation() != self._gen:
+            await self._reload()
+
+    async def _reload(self) -> None:
+        def load() -> tuple[int, list[PartitionView]]:
+            return self.store.index.generation(), self.store.partitions()
+
+        gen, views = await self._thread(load)
+        old, self.parts, self.names = self.parts, {}, {}
+        for view in views:
+            ps = old.get(view.id) or PartState(view, "")
+            ps.view, ps.name, ps.tree, ps.history = view, self._display_name(view), None, None
+            self.parts[view.id] = ps
+            self.names[ps.name] = view.id
+        self._gen = gen
+
+    def _display_name(self, view: PartitionView) -> str:
+        name = view.name or view.id.hex()[:16]
+        if view.role == "owner":
+            return name
+        return f"{name}@{view.record.owner.user_id.hex()[:8]}"
+
+    async def _tree(self, ps: PartState) -> PartitionTree:
+        if ps.tree is None:
+            async with ps.build_lock:
+                if ps.tree is None:
+                    await self._build(ps)
+        assert ps.tree is not None
+        return ps.tree
+
+    async def _history(self, ps: PartState) -> HistoryTree:
+        await self._tree(ps)
+        assert ps.history is not None
+        return ps.history
+
+    async def _build(self, ps: PartState) -> None:
+        def listing() -> tuple[int, list[ListEntry]]:
+            return self.store.index.generation(), self.store.list(ps.pid, include_deleted=True)
+
+        gen, entries = await self._thread(listing)
+        tree, history, heads = PartitionTree(), HistoryTree(), {}
+        for e in entries:
+            _place(tree, history, heads, e)
+        for g, pid, e in self._recent:  # own commits the listing may predate
+            if pid == ps.pid and g > gen:
+                _place(tree, history, heads, e)
+        for of in self.files.values():  # files created here and not committed yet
+            if of.pid == ps.pid and isinstance(of.ref, int) and not of.unlinked:
+                tree.add(of.ref, of.sort_key)
+        ps.tree, ps.history, ps.heads = tree, history, heads
+
+    def _apply(self, ps: PartState, versions: Iterable[Version], gen_after: int) -> None:
+        """Our own committed versions, into the trees."""
+        for v in versions:
+            self.versions.put(v)
+            e = entry_of(v)
+            self._recent.append((gen_after, ps.pid, e))
+            if ps.tree is not None and ps.history is not None:
+                _place(ps.tree, ps.history, ps.heads, e)
+
+    async def getattr(self, ino: int) -> Attr:
+        await self.refresh()
+        return await self._attr(self._key(ino), ino)
+
+    async def _attr(self, key: NodeKey, ino: int) -> Attr:
+        kind = key[0]
+        if kind == "root":
+            return self._dir_attr(ino, 0o755, nlink=2 + len(self.parts), mtime_ns=self.started_ns)
+        if kind == "dir":
+            return await self._partdir_attr(ino, self._part(key[1]), key[2])
+        if kind == "obj":
+            return await self._obj_attr(ino, self._part(key[1]), key[2])
+        if kind == "ver":
+            return await self._ver_attr(ino, key[1])
+        ps = self._part(key[1])  # vdir, objects: read-only directories
+        return self._dir_attr(ino, 0o555, mtime_ns=ps.view.record.created_us * 1000)
+
+    def _dir_attr(
+        self,
+        ino: int,
+        mode: int,
+        nlink: int = 2,
+        mtime_ns: int = 0,
+        uid: int | None = None,
+        gid: int | None = None,
+        ctime_ns: int | None = None,
+    ) -> Attr:
+        return Attr(
+            ino,
+            stat.S_IFDIR | mode,
+            nlink=nlink,
+            uid=self.opts.uid if uid is None else uid,
+            gid=self.opts.gid if gid is None else gid,
+            size=4096,
+            mtime_ns=mtime_ns,
+            ctime_ns=mtime_ns if ctime_ns is None else ctime_ns,
+            timeout=self.opts.attr_timeout,
+        )
+
+    async def _partdir_attr(self, ino: int, ps: PartState, path: str) -> Attr:
+        tree = await self._tree(ps)
+        d = tree.dir(path)
+        if d is None:
+            raise oserror(errno.ENOENT)
+        nlink = 2 + len(d.subdirs) + (1 if not path else 0)  # the partition root also holds .versions
+        marker = d.marker
+        if isinstance(marker, bytes) and marker in ps.heads:
+            v = await self._version(ps.heads[marker].head_hash, ps.view)
+            p = v.header.posix
+            mode = p.mode if ps.writable else p.mode & ~0o222
+            return self._dir_attr(
+                ino, mode, nlink=nlink, mtime_ns=p.mtime_ns, uid=p.uid, gid=p.gid, ctime_ns=v.header.created_us * 1000
+            )
+        mode = 0o755 if ps.writable else 0o555
+        return self._dir_attr(ino, mode, nlink=nlink, mtime_ns=ps.view.record.created_us * 1000)
+
+    async def _obj_attr(self, ino: int, ps: PartState, ref: Ref) -> Attr:
+        of = self.files.get(ino)
+        if of is not None:
+            created = of.base.header.created_us * 1000 if of.base is not None else of.posix.mtime_ns
+            return self._posix_attr(ino, ps, of.posix, of.size, created)
+        await self._tree(ps)
+        e = ps.heads.get(ref) if isinstance(ref, bytes) else None
+        if e is None or e.tombstone:
+            raise oserror(errno.ENOENT)
+        v = await self._version(e.head_hash, ps.view)
+        return self._posix_attr(ino, ps, v.header.posix, v.length, v.header.created_us * 1000)
+
+    def _posix_attr(self, ino: int, ps: PartState, p: Posix, size: int, ctime_ns: int) -> Attr:
+        mode = p.mode if ps.writable or p.type == "symlink" else p.mode & ~0o222
+        return Attr(
+            ino,
+            TYPE_BITS[p.type] | (mode & 0o7777),
+            nlink=1,
+            uid=p.uid,
+            gid=p.gid,
+            rdev=p.rdev,
+            size=size,
+            mtime_ns=p.mtime_ns,
+            ctime_ns=ctime_ns,
+            timeout=self.opts.attr_timeout,
+        )
+
+    async def _ver_attr(self, ino: int, h: bytes) -> Attr:
+        info = self.ver_info.get(h)
+        if info is None:
+            v = await self._version(h)
+            info = (v.header.partition, v.length, v.header.created_us)
+        _, length, created_us = info
+        return Attr(
+            ino,
+            stat.S_IFREG | 0o444,
+            uid=self.opts.uid,
+            gid=self.opts.gid,
+            size=length,
+            mtime_ns=created_us * 1000,
+            ctime_ns=created_us * 1000,
+            timeout=IMMUTABLE_TIMEOUT,
+        )
+
+    async def _entry(self, key: NodeKey) -> Attr:
+        """Attributes of ``key`` for a reply that counts as a kernel lookup."""
+        ino = self.inodes.get(key)
+        try:
+            attr = await self._attr(key, ino)
+        except BaseException:
+            self.inodes.forget(ino, 0)
+            raise
+        self.inodes.remember(ino)
+        return attr
+
+    def _track(self, of: OpenFile) -> OpenFile:
+        self.files[of.ino] = of
+        self.inodes.pin(of.ino)
+        return of
+
+    def _add_handle(self, of: OpenFile, writable: bool) -> int:
+        fh = self._new_fh()
+        self.handles[fh] = Handle(fh, of.ino, writable)
+        of.handles.add(fh)
+        return fh
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _file(self, fh: int) -> tuple[Handle, OpenFile]:
+        h = self.handles.get(fh)
+        if h is None:
+            raise oserror(errno.EBADF)
+        return h, self.files[h.ino]
+
+    def _view(self, of: OpenFile) -> PartitionView:
+        return self._part(of.pid).view
+
+    def _open_of(self, ps: PartState, ref: Ref) -> OpenFile | None:
+        ino = self.inodes.find(("obj", ps.pid, ref))
+        return self.files.get(ino) if ino is not None else None
+
+    def _default_dir_posix(self) -> Posix:
+        return Posix("dir", 0o755, self.opts.uid, self.opts.gid, time.time_ns())
+
+
+def _place(tree: PartitionTree, history: HistoryTree, heads: dict[bytes, ListEntry], e: ListEntry) -> None:
+    heads[e.base_hash] = e
+    history.set(e.base_hash, e.sort_key)
+    if e.tombstone:
+        tree.remove(e.base_hash)
+    else:
+        tree.add(e.base_hash, e.sort_key)
