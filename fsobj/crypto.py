@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -103,6 +104,11 @@ class EpochKeys:
     chunk_list_id_key: bytes
     sort_key_key: bytes
     cdc_seed: int
+    _siv: AESSIV = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # key setup costs several times one short decryption: keep the cipher
+        object.__setattr__(self, "_siv", AESSIV(self.sort_key_key))
 
     @classmethod
     def from_epoch_key(cls, epoch: int, epoch_key: bytes) -> EpochKeys:
@@ -130,11 +136,17 @@ class EpochKeys:
 
     def seal_sort_key(self, partition_id: bytes, sort_key: str) -> bytes:
         """Deterministic encryption of a sort key, for equality lookups in the index."""
-        return AESSIV(self.sort_key_key).encrypt(sort_key.encode("utf-8"), [partition_id])
+        return self._siv.encrypt(sort_key.encode("utf-8"), [partition_id])
+
+    def sort_key_opener(self, partition_id: bytes) -> Callable[[bytes], bytes]:
+        """A fast ``sealed -> sort key bytes`` for bulk listing (raises InvalidTag)."""
+        decrypt = self._siv.decrypt
+        ad = [partition_id]
+        return lambda sealed: decrypt(sealed, ad)
 
     def open_sort_key(self, partition_id: bytes, sealed: bytes) -> str:
         try:
-            return AESSIV(self.sort_key_key).decrypt(sealed, [partition_id]).decode("utf-8")
+            return self._siv.decrypt(sealed, [partition_id]).decode("utf-8")
         except (InvalidTag, UnicodeDecodeError) as e:
             raise IntegrityError("sealed sort key in the index does not verify") from e
 

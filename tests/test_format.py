@@ -429,21 +429,28 @@ def test_feed_key_and_sealed_names():
 def test_index_schema_version_and_migration(tmp_path):
     from fsobj.index import Index, schema
 
-    assert schema.SCHEMA_VERSION == 2 and set(schema.MIGRATIONS) == {2}
+    assert schema.SCHEMA_VERSION == 3 and set(schema.MIGRATIONS) == {2, 3}
     path = tmp_path / "index.sqlite"
-    old = sqlite3.connect(path)  # a schema-1 index: exactly the schema without the feed tables
-    old.executescript(schema.SCHEMA.replace(schema.FEEDS_SCHEMA, ""))
+    old = sqlite3.connect(path)  # a schema-1 index, from the frozen schema-1 SQL, with one series
+    old.executescript((ROOT / "tests" / "vectors" / "index_schema_v1.sql").read_text())
     old.execute("INSERT INTO meta VALUES ('schema', '1'), ('generation', '0')")
+    head = (b"b" * 32, b"p" * 32, b"h" * 32, b"ct", 0, 2, 0, 5, 123)
+    old.execute("INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", head)
     old.commit()
     old.close()
     index = Index(path)
     index.check()
-    assert index.get_meta("schema") == "2"
+    assert index.get_meta("schema") == "3"
     tables = {r[0] for r in index.q("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"feeds", "feed_subscriptions", "feed_messages"} <= tables
+    assert {"feeds", "feed_subscriptions", "feed_messages", "heads"} <= tables
+    assert "heads_v3" not in tables
+    assert index.head(b"b" * 32) == index.heads_in(b"p" * 32)[0]
+    assert index.head(b"b" * 32).head_hash == b"h" * 32
+    ddl = index.q("SELECT sql FROM sqlite_master WHERE name = 'heads'")[0][0]
+    assert "WITHOUT ROWID" in ddl
     index.close()
     newer = sqlite3.connect(path)
-    newer.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    newer.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
     newer.commit()
     newer.close()
     newer_index = Index(path)

@@ -37,40 +37,51 @@ class FileOps(MountState):
         key = self._key(ino)
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         existed = ino in self.files
-        if key[0] == "ver":
-            if writable:
-                raise oserror(errno.EROFS, "versions are read-only")
-            of = self.files.get(ino) or await self._open_version(ino, key[1])
-        elif key[0] == "obj":
-            ps = self._part(key[1])
-            if writable:
-                self._writable(ps)
-            of = self.files.get(ino) or await self._open_object(ino, ps, key[2])
-            if existed and not of.dirty:
-                await self._follow_head(of, ps)
-        else:
-            raise oserror(errno.EISDIR)
-        fh = self._add_handle(of, writable)
-        if writable and flags & os.O_TRUNC:
-            await self._truncate_of(of, 0)
+        of = await self._open_file(ino, key, writable)
+        fh = self._add_handle(of, writable)  # no await since _open_file: nobody closed it meanwhile
+        try:
+            if existed and key[0] == "obj" and not of.dirty:
+                await self._follow_head(of, self._part(key[1]))
+            if writable and flags & os.O_TRUNC:
+                await self._truncate_of(of, 0)
+        except BaseException:
+            await self.release(fh)
+            raise
         keep = existed or (of.base is not None and self.page_cache.get(ino) == of.base.hash)
         return fh, keep
 
-    async def _open_version(self, ino: int, h: bytes) -> OpenFile:
-        v = await self._version(h)
-        of = OpenFile(ino, v.header.partition, None, v.sort_key, v, v.header.posix, v.header.headers, read_only=True)
-        return self._track(of)
+    async def _open_file(self, ino: int, key: NodeKey, writable: bool) -> OpenFile:
+        """The inode's open file, made if it has none (another task may make it meanwhile)."""
+        if key[0] == "ver":
+            if writable:
+                raise oserror(errno.EROFS, "versions are read-only")
+        elif key[0] == "obj":
+            if writable:
+                self._writable(self._part(key[1]))
+        else:
+            raise oserror(errno.EISDIR)
+        of = self.files.get(ino)
+        if of is None:
+            if key[0] == "ver":
+                new = await self._load_version_file(ino, key[1])
+            else:
+                new = await self._load_object_file(ino, self._part(key[1]), key[2])
+            of = self.files.get(ino) or self._track(new)
+        return of
 
-    async def _open_object(self, ino: int, ps: PartState, ref: Ref) -> OpenFile:
+    async def _load_version_file(self, ino: int, h: bytes) -> OpenFile:
+        v = await self._version(h)
+        return OpenFile(ino, v.header.partition, None, v.sort_key, v, v.header.posix, v.header.headers, read_only=True)
+
+    async def _load_object_file(self, ino: int, ps: PartState, ref: Ref) -> OpenFile:
         await self._tree(ps)
         e = ps.heads.get(ref) if isinstance(ref, bytes) else None
         if e is None or e.tombstone:
             raise oserror(errno.ENOENT)
         v = await self._version(e.head_hash, ps.view)
-        if v.header.posix.type not in ("file",):
-            raise oserror(errno.EINVAL if v.header.posix.type != "dir" else errno.EISDIR)
-        of = OpenFile(ino, ps.pid, ref, v.sort_key, v, v.header.posix, v.header.headers)
-        return self._track(of)
+        if v.header.posix.type != "file":
+            raise oserror(errno.EISDIR if v.header.posix.type == "dir" else errno.EINVAL)
+        return OpenFile(ino, ps.pid, ref, v.sort_key, v, v.header.posix, v.header.headers)
 
     async def _follow_head(self, of: OpenFile, ps: PartState) -> None:
         """An open file with nothing staged follows versions committed elsewhere."""
@@ -132,14 +143,15 @@ class FileOps(MountState):
         try:
             await self._maybe_commit(of)
         finally:
-            if not of.handles:
-                self._close_file(of)
+            self._close_file(of)
 
     def _close_file(self, of: OpenFile) -> None:
+        if of.handles or self.files.get(of.ino) is not of:
+            return
         if of.dirty and not of.unlinked:
             log.error("closing %s with uncommitted changes (the commit failed; see above)", of.sort_key)
         of.drop_staging()
-        self.files.pop(of.ino, None)
+        del self.files[of.ino]
         if of.base is not None and not of.dirty:
             self.page_cache[of.ino] = of.base.hash
         self.inodes.unpin(of.ino)
@@ -233,18 +245,12 @@ class FileOps(MountState):
             raise oserror(errno.EISDIR if key[0] != "ver" else errno.EROFS)
         ps = self._part(key[1])
         self._writable(ps)
-        of = self.files.get(ino)
-        if of is not None:
-            await self._truncate_of(of, size)
-            await self._maybe_commit(of)
-            return
-        of = await self._open_object(ino, ps, key[2])
+        of = await self._open_file(ino, key, writable=True)
+        fh = self._add_handle(of, writable=True)  # an internal handle: release commits and closes
         try:
             await self._truncate_of(of, size)
-            await self._commit(of)
         finally:
-            if not of.handles:
-                self._close_file(of)
+            await self.release(fh)
 
     async def _truncate_of(self, of: OpenFile, size: int) -> None:
         async with of.lock:

@@ -124,7 +124,7 @@ class OpenFile:
         small = staging.memory_bytes()
         if small is not None:
             return lambda: small
-        return lambda: _IterStream(_compose(staging, reader))
+        return lambda: staging.whole_file() or _IterStream(_compose(staging, reader))
 
 
 def _compose(staging: Staging, reader: PayloadReader | None) -> Iterator[bytes]:

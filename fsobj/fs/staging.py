@@ -16,10 +16,12 @@ structure: no store, no trio; file I/O is plain ``pread``/``pwrite``.
 from __future__ import annotations
 
 import bisect
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 MEMORY_LIMIT = 4 * 1024 * 1024
 
@@ -162,6 +164,13 @@ class Staging:
         """True if no byte comes from the base (a new file, or ``O_TRUNC`` then writes)."""
         return self.base_limit == 0 or self.extents.covers(0, self.base_limit)
 
+    def whole_file(self) -> BinaryIO | None:
+        """A reader of the whole content straight from the spill file, when every byte of it
+        is dirty (the common ``cp``/``O_TRUNC`` case): the commit then reads a plain file."""
+        if self._file is None or not self.extents.covers(0, self.size):
+            return None
+        return _Bounded(os.dup(self._file.fileno()), self.size)
+
     def memory_bytes(self) -> bytes | None:
         """The whole content, if it is small, in memory and fully dirty with no holes."""
         if self._mem is not None and self.extents.covers(0, self.size) and self.size <= len(self._mem):
@@ -169,3 +178,29 @@ class Staging:
         if self.size == 0:
             return b""
         return None
+
+
+class _Bounded(io.RawIOBase):
+    """The first ``size`` bytes of a file descriptor (its own, closed with the reader)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._pos = 0
+        self._size = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(b), self._size - self._pos)
+        if n <= 0:
+            return 0
+        got = os.preadv(self._fd, [memoryview(b)[:n]], self._pos)
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        super().close()

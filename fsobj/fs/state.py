@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import trio
 
 from fsobj.fs import work
-from fsobj.fs.inodes import NodeKey
+from fsobj.fs.inodes import InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
 from fsobj.fs.tree import (
     HistoryTree,
@@ -35,7 +35,7 @@ from fsobj.fs.tree import (
     Ref,
 )
 from fsobj.model.header import Posix
-from fsobj.store import ListEntry, PartitionView, Version
+from fsobj.store import ListEntry, PartitionView, Store, Version
 
 log = logging.getLogger("fsobj.fs")
 
@@ -138,10 +138,25 @@ def oserror(code: int, what: str = "") -> OSError:
 class MountState:
     """Everything a mount knows; the base of the operation mixins."""
 
-    def __init__(self, size: int = VERSION_CACHE) -> None:
-        self._d: collections.OrderedDict[bytes, Version] = collections.OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
+    def __init__(self, store: Store, options: Options | None = None) -> None:
+        self.store = store
+        self.opts = options or Options()
+        self.inodes = InodeTable()
+        self.parts: dict[bytes, PartState] = {}
+        self.names: dict[str, bytes] = {}  # name in the mount root -> partition id
+        self.files: dict[int, OpenFile] = {}  # inode -> open file
+        self.handles: dict[int, Handle] = {}
+        self.dirs: dict[int, tuple[NodeKey, list[tuple[str, NodeKey]] | None]] = {}
+        self.versions = VersionCache()
+        self.ver_info: dict[bytes, tuple[bytes, int, int]] = {}  # absoluteHash -> (pid, length, created_us)
+        self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
+        self.limiter = trio.CapacityLimiter(self.opts.threads)
+        self.started_ns = time.time_ns()
+        self._gen = -1
+        self._next_check = 0.0
+        self._next_fh = 1
+        self._next_ref = 1
+        self._recent: collections.deque[tuple[int, bytes, ListEntry]] = collections.deque(maxlen=4096)
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)

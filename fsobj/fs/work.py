@@ -89,29 +89,42 @@ class DataJob:
 def commit_data(store: Store, job: DataJob) -> tuple[Version, int]:
     """One new version of an open file (``ConflictError`` if its series moved on)."""
     source: object = job.source() if job.payload_changed else ...
-    v = store.commit(
-        job.view,
-        job.prev,
-        sort_key=job.sort_key,
-        source=source,
-        posix=job.posix,
-        headers=job.headers,
-        exclusive=job.prev is None,
-    )
+    with _closing(source):
+        v = store.commit(
+            job.view,
+            job.prev,
+            sort_key=job.sort_key,
+            source=source,
+            posix=job.posix,
+            headers=job.headers,
+            exclusive=job.prev is None,
+        )
     return v, 1
+
+
+@contextlib.contextmanager
+def _closing(source: object) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> tuple[Version, int]:
     """Commit the writer's data as a new object ``<key>.conflict-<hash8>`` next to the file."""
     tag = winner or (job.prev.hash if job.prev is not None else os.urandom(32))
-    v = store.commit(
-        job.view,
-        None,
-        sort_key=conflict_key(job.sort_key, tag),
-        source=job.source(),
-        posix=job.posix,
-        headers=job.headers,
-    )
+    source = job.source()
+    with _closing(source):
+        v = store.commit(
+            job.view,
+            None,
+            sort_key=conflict_key(job.sort_key, tag),
+            source=source,
+            posix=job.posix,
+            headers=job.headers,
+        )
     return v, 1
 
 

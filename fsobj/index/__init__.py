@@ -237,6 +237,15 @@ class Index(FeedQueries):
         rows = self.q(f"SELECT {_HEAD_COLS} FROM heads WHERE partition_id = ?", [partition_id])
         return [_head(r) for r in rows]
 
+    def head_rows(self, partition_id: bytes) -> list[tuple]:
+        """(sort_key_ct, epoch, head_hash, base_hash, seq, length, created_us, tombstone) of
+        every head of a partition, as plain tuples (bulk listing)."""
+        return self.q(
+            "SELECT sort_key_ct, epoch, head_hash, base_hash, seq, length, created_us, tombstone "
+            "FROM heads WHERE partition_id = ?",
+            [partition_id],
+        )
+
     def count_heads(self, partition_id: bytes, live_only: bool = True) -> int:
         extra = " AND tombstone = 0" if live_only else ""
         return self.q(f"SELECT count(*) FROM heads WHERE partition_id = ?{extra}", [partition_id])[0][0]

@@ -17,7 +17,9 @@ own SQLite connection.
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import os
 import threading
 import time
@@ -27,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
 
 from fsobj import crypto
 from fsobj.blobs import BlobStore
@@ -211,7 +215,7 @@ class Store:
         self.session = crypto.Session(identity, int(time.time()))
         self._views: dict[bytes, PartitionView] = {}
         self._names: dict[tuple[bytes, int, bytes], str] = {}
-        self._listing: dict[bytes, tuple[int, list[ListEntry]]] = {}
+        self._listing: dict[bytes, tuple[int, list[tuple]]] = {}
         self._lock = threading.Lock()
         self._tls = threading.local()
 
@@ -546,43 +550,47 @@ class Store:
         """
         view = self.partition(partition)
         view.require_read()
-        entries = self._sorted_entries(view)
-        if not include_deleted:
-            entries = [e for e in entries if not e.tombstone]
-        out = []
-        for e in entries:
-            if prefix and not e.sort_key.startswith(prefix):
+        rows = self._sorted_rows(view)
+        start = 0
+        if after is not None:
+            bound = (after.encode("utf-8"), after_hash if after_hash is not None else b"\xff" * 33)
+            start = bisect.bisect_right(rows, bound, key=lambda r: (r[0], r[1]))
+        raw_prefix = prefix.encode("utf-8")
+        if raw_prefix:
+            start = max(start, bisect.bisect_left(rows, raw_prefix, key=lambda r: r[0]))
+        out: list[ListEntry] = []
+        for r in itertools.islice(rows, start, None):
+            if raw_prefix and not r[0].startswith(raw_prefix):
+                break
+            if r[7] and not include_deleted:
                 continue
-            if after is not None:
-                position = (e.sort_key.encode(), e.head_hash)
-                bound = (after.encode(), after_hash if after_hash is not None else b"\xff" * 33)
-                if position <= bound:
-                    continue
-            out.append(e)
+            out.append(ListEntry(r[0].decode("utf-8"), r[2], r[1], r[3], r[4], r[5], bool(r[7])))
             if limit is not None and len(out) >= limit:
                 break
         return out
 
-    def _sorted_entries(self, view: PartitionView) -> list[ListEntry]:
+    def _sorted_rows(self, view: PartitionView) -> list[tuple]:
+        """Every head of a partition as (sort key bytes, head hash, base hash, seq,
+        length, created, epoch, tombstone), sorted: the listing order.
+
+        Kept per partition until the index generation changes (warm listings);
+        rows stay tuples so a cold listing of 100,000 objects stays cheap.
+        """
         gen = self.index.generation()
         cached = self._listing.get(view.id)
         if cached and cached[0] == gen:
             return cached[1]
-        entries = [
-            ListEntry(
-                self.sort_key_of(view, h.epoch, h.sort_key_ct),
-                h.base_hash,
-                h.head_hash,
-                h.seq,
-                h.length,
-                h.created_us,
-                h.tombstone,
-            )
-            for h in self.index.heads_in(view.id)
-        ]
-        entries.sort(key=lambda e: (e.sort_key.encode("utf-8"), e.head_hash))
-        self._listing[view.id] = (gen, entries)
-        return entries
+        openers = {epoch: keys.sort_key_opener(view.id) for epoch, keys in view.keys.items()}
+        try:
+            rows = [
+                (openers[epoch](ct), head, base, seq, length, created, epoch, tomb)
+                for ct, epoch, head, base, seq, length, created, tomb in self.index.head_rows(view.id)
+            ]
+        except (InvalidTag, KeyError) as e:
+            raise IntegrityError(f"a sealed sort key in the index of {view.display_name} does not verify") from e
+        rows.sort()
+        self._listing[view.id] = (gen, rows)
+        return rows
 
     def log(self, partition: str | bytes, sort_key: str) -> list[Version]:
         """Every version of the object with this sort key, oldest first."""
