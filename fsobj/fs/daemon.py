@@ -56,6 +56,7 @@ IGNORED_OPTIONS = frozenset(
         "default_permissions",
     }
 )
+DEFAULT_COMMIT_WINDOW = 1.0  # seconds a closed file may wait to commit with others
 SESSION_RENEW_S = 12 * 3600  # renew the signing session when it has less than this left
 SESSION_CHECK_S = 600
 
@@ -67,7 +68,7 @@ class MountConfig:
     foreground: bool = False
     debug: bool = False
     fuse: set[str] = field(default_factory=set)
-    fs: Options = field(default_factory=Options)
+    fs: Options = field(default_factory=lambda: Options(commit_window=DEFAULT_COMMIT_WINDOW))
     cache_dir: Path | None = None
     log_file: Path | None = None
     identity: str | None = None
@@ -95,6 +96,7 @@ def _apply_option(config: MountConfig, opt: str) -> None:
         "attr_timeout": lambda v: setattr(config.fs, "attr_timeout", float(v)),
         "refresh": lambda v: setattr(config.fs, "refresh_interval", float(v)),
         "threads": lambda v: setattr(config.fs, "threads", int(v)),
+        "commit_window": lambda v: setattr(config.fs, "commit_window", float(v)),
     }
     if name in own:
         try:
@@ -256,13 +258,14 @@ def serve(config: MountConfig, identity: crypto.Identity, ready: Callable[[], No
 async def _main(fs: Filesystem, ready: Callable[[], None] | None) -> None:
     await fs.start()
     async with trio.open_nursery() as nursery:
+        await nursery.start(fs.committer.run)
         nursery.start_soon(_on_signals, fs)
         nursery.start_soon(_renew_session, fs)
         if ready is not None:
             ready()
         await pyfuse3.main()
+        await fs.shutdown()  # the committer still runs: a batch in flight finishes first
         nursery.cancel_scope.cancel()
-    await fs.shutdown()
 
 
 async def _on_signals(fs: Filesystem) -> None:

@@ -9,6 +9,7 @@ is committed as ``<key>.conflict-<hash8>`` and the event is logged.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -40,6 +41,8 @@ class FileOps(MountState):
         of = await self._open_file(ino, key, writable)
         fh = self._add_handle(of, writable)  # no await since _open_file: nobody closed it meanwhile
         try:
+            if writable:
+                await self._settle(of)
             if existed and key[0] == "obj" and not of.dirty:
                 await self._follow_head(of, self._part(key[1]))
             if writable and flags & os.O_TRUNC:
@@ -114,6 +117,8 @@ class FileOps(MountState):
         h, of = self._file(fh)
         if not h.writable or of.read_only:
             raise oserror(errno.EBADF)
+        if h.flushed:
+            await self._settle(of)
         async with of.lock:
             of.ensure_staging(self.opts.spill_dir).write(off, data)
             of.touch()
@@ -146,7 +151,7 @@ class FileOps(MountState):
             self._close_file(of)
 
     def _close_file(self, of: OpenFile) -> None:
-        if of.handles or self.files.get(of.ino) is not of:
+        if of.handles or self.files.get(of.ino) is not of or self.committer.queued(of):
             return
         if of.dirty and not of.unlinked:
             log.error("closing %s with uncommitted changes (the commit failed; see above)", of.sort_key)
@@ -157,39 +162,76 @@ class FileOps(MountState):
         self.inodes.unpin(of.ino)
 
     async def _maybe_commit(self, of: OpenFile) -> None:
-        if of.dirty and not any(not w.flushed for w in of.writers(self.handles)):
+        """Commit (or queue for the next group commit) once no writer has unflushed writes."""
+        if not of.dirty or any(not w.flushed for w in of.writers(self.handles)):
+            return
+        if self.committer.enabled and not of.unlinked and (of.staging is None or of.staging.in_memory):
+            await self.committer.submit(of)
+        else:
+            await self._commit(of)
+
+    async def _settle(self, of: OpenFile) -> None:
+        """Before a file that waits in the group commit changes again, commit what was closed:
+        every close is its own version, even within the commit window."""
+        if self.committer.queued(of) and of.dirty and all(w.flushed for w in of.writers(self.handles)):
             await self._commit(of)
 
     async def _commit(self, of: OpenFile) -> None:
         """Commit an open file's staged state as one new version (a conflict copy if it lost a race)."""
+        self.committer.discard(of)
         async with of.lock:
-            if not of.dirty:
-                return
-            if of.unlinked:
-                log.debug("discarding writes to unlinked %s", of.sort_key)
-                of.dirty = False
-                of.drop_staging()
+            if not self._ready(of):
                 return
             ps = self._part(of.pid)
-            job = work.DataJob(
-                ps.view,
-                of.base,
-                of.sort_key,
-                of.posix,
-                of.headers,
-                of.source(self.store, ps.view),
-                of.payload_changed,
-            )
+            job = self._job(of, ps)
             try:
                 done = await self._work(work.commit_data, job)
             except ConflictError as e:
                 await self._save_conflict(of, ps, job, e)
                 return
-            v = done.value
-            if isinstance(of.ref, int):
-                self._settle_new(ps, of, v)
-            self._apply(ps, [v], done.gen_after)
-            of.committed(v)
+            self._committed(of, ps, done.value, done.gen_after)
+
+    async def _commit_many(self, ofs: list[OpenFile]) -> None:
+        """Commit several open files in one transaction (the group commit); on a conflict,
+        each is committed on its own so that only the loser becomes a conflict copy."""
+        ofs = sorted(ofs, key=_ino)
+        alone: list[OpenFile] = []
+        async with contextlib.AsyncExitStack() as stack:
+            for of in ofs:
+                await stack.enter_async_context(of.lock)
+            ready = [of for of in ofs if self._ready(of) and all(w.flushed for w in of.writers(self.handles))]
+            if ready:
+                parts = [self._part(of.pid) for of in ready]
+                jobs = [self._job(of, ps) for of, ps in zip(ready, parts, strict=True)]
+                try:
+                    done = await self._work(work.commit_batch, jobs)
+                except ConflictError:
+                    alone = ready
+                else:
+                    for of, ps, v in zip(ready, parts, done.value, strict=True):
+                        self._committed(of, ps, v, done.gen_after)
+        for of in alone:
+            await self._commit(of)
+        for of in ofs:
+            self._close_file(of)
+
+    def _ready(self, of: OpenFile) -> bool:
+        """Whether ``of`` has something to commit (writes to an unlinked file are dropped here)."""
+        if of.dirty and of.unlinked:
+            log.debug("discarding writes to unlinked %s", of.sort_key)
+            of.dirty = False
+            of.drop_staging()
+        return of.dirty
+
+    def _job(self, of: OpenFile, ps: PartState) -> work.DataJob:
+        source = of.source(self.store, ps.view)
+        return work.DataJob(ps.view, of.base, of.sort_key, of.posix, of.headers, source, of.payload_changed)
+
+    def _committed(self, of: OpenFile, ps: PartState, v: Version, gen_after: int) -> None:
+        if isinstance(of.ref, int):
+            self._settle_new(ps, of, v)
+        self._apply(ps, [v], gen_after)
+        of.committed(v)
 
     def _settle_new(self, ps: PartState, of: OpenFile, v: Version) -> None:
         """A file created here got its first version: its ref becomes the baseHash."""
@@ -231,8 +273,13 @@ class FileOps(MountState):
         else:
             of.rebase(cur)
 
+    async def fsyncdir(self) -> None:
+        """Make every closed file durable: commit the group-commit queue now."""
+        await self.committer.drain()
+
     async def flush_all(self) -> None:
         """Commit every open file with staged changes (SIGTERM, unmount)."""
+        await self.committer.drain()
         for of in list(self.files.values()):
             if of.dirty:
                 try:
@@ -258,3 +305,7 @@ class FileOps(MountState):
             if size != st.size or size < st.base_limit:
                 st.truncate(size)
                 of.touch()
+
+
+def _ino(of: OpenFile) -> int:
+    return of.ino

@@ -71,6 +71,8 @@ class MetaOps(FileOps):
             ps = self._part(key[1])
             self._writable(ps)
             of = self.files.get(ino)
+            if of is not None:
+                await self._settle(of)
             if of is not None and (of.dirty or isinstance(of.ref, int)):
                 async with of.lock:
                     of.posix, of.headers = change(of.posix, of.headers)

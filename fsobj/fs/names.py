@@ -149,13 +149,22 @@ class NameOps(MountState):
         ps, path = self._dir_of(parent)
         self._writable(ps)
         async with ps.lock:
-            tree = await self._tree(ps)
-            c = tree.lookup(path, name)
+            c = await self._lookup_settled(ps, path, name)
             if c is None:
                 raise oserror(errno.ENOENT)
             if c.is_dir:
                 raise oserror(errno.EISDIR)
             await self._change_names(ps, [], [c.ref], keep=[(path, {c.ref}, set())])
+
+    async def _lookup_settled(self, ps: PartState, path: str, name: str) -> Child | None:
+        """Look ``name`` up; if it is a closed file still waiting in the group commit, commit
+        it first, so that what was closed stays in the history even if it is removed now."""
+        c = (await self._tree(ps)).lookup(path, name)
+        of = self._open_of(ps, c.ref) if c is not None and not c.is_dir else None
+        if of is not None and self.committer.queued(of) and of.dirty:
+            await self._commit(of)
+            c = (await self._tree(ps)).lookup(path, name)
+        return c
 
     async def rmdir(self, parent: int, name: str) -> None:
         if self._key(parent)[0] == "root":
@@ -184,11 +193,11 @@ class NameOps(MountState):
             raise oserror(errno.EXDEV)
         self._writable(ps)
         async with ps.lock:
+            dst = await self._lookup_settled(ps, dst_dir, name_new)
             tree = await self._tree(ps)
             src = tree.lookup(src_dir, name_old)
             if src is None:
                 raise oserror(errno.ENOENT)
-            dst = tree.lookup(dst_dir, name_new)
             if dst is not None and flags & RENAME_NOREPLACE:
                 raise oserror(errno.EEXIST)
             if dst == src:

@@ -243,7 +243,7 @@ class Operations(pyfuse3.Operations):
 
     @translated
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # every name change is durable when its request returns
+        await self.fs.fsyncdir()  # name changes are durable when they return; this drains the group commit
 
     # ------------------------------------------------------------ extended attributes
     @translated

@@ -137,6 +137,10 @@ class Staging:
             self._file.close()
             self._file = None
 
+    @property
+    def in_memory(self) -> bool:
+        return self._file is None
+
     # ------------------------------------------------------------ reading
     def pieces(self, off: int, n: int) -> list[Piece]:
         """The pieces of [off, off+n) clipped to the file size."""

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import trio
 
 from fsobj.fs import work
+from fsobj.fs.committer import Committer
 from fsobj.fs.inodes import InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
 from fsobj.fs.tree import (
@@ -82,6 +83,7 @@ class Options:
     attr_timeout: float = 1.0  # kernel cache of attributes and names of live objects
     refresh_interval: float = 1.0  # how often the index generation is checked for others' changes
     threads: int = 8
+    commit_window: float = 0.0  # group commit: closed files wait up to this long to commit together
 
 
 @dataclass
@@ -151,6 +153,7 @@ class MountState:
         self.ver_info: dict[bytes, tuple[bytes, int, int]] = {}  # absoluteHash -> (pid, length, created_us)
         self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(self.opts.threads)
+        self.committer = Committer(self._commit_many, window=self.opts.commit_window)
         self.started_ns = time.time_ns()
         self._gen = -1
         self._next_check = 0.0
@@ -412,6 +415,12 @@ class MountState:
     def _open_of(self, ps: PartState, ref: Ref) -> OpenFile | None:
         ino = self.inodes.find(("obj", ps.pid, ref))
         return self.files.get(ino) if ino is not None else None
+
+    async def _commit_many(self, ofs: list[OpenFile]) -> None:
+        raise NotImplementedError  # FileOps
+
+    async def _commit(self, of: OpenFile) -> None:
+        raise NotImplementedError  # FileOps
 
     def _default_dir_posix(self) -> Posix:
         return Posix("dir", 0o755, self.opts.uid, self.opts.gid, time.time_ns())

@@ -112,6 +112,13 @@ def _closing(source: object) -> Iterator[None]:
             close()
 
 
+def commit_batch(store: Store, jobs: list[DataJob]) -> tuple[list[Version], int]:
+    """Several open files in one transaction; ``ConflictError`` (nothing committed) if any lost a race."""
+    with batch(store) as grouped:
+        versions = [commit_data(store, job)[0] for job in jobs]
+    return versions, (1 if grouped else len(versions))
+
+
 def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> tuple[Version, int]:
     """Commit the writer's data as a new object ``<key>.conflict-<hash8>`` next to the file."""
     tag = winner or (job.prev.hash if job.prev is not None else os.urandom(32))

@@ -255,6 +255,7 @@ class Store:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.payloads.close()
         self.index.close()
 
     def __enter__(self) -> Store:

@@ -49,6 +49,12 @@ class PayloadIO:
     def __init__(self, blobs: BlobStore, pool: ThreadPoolExecutor) -> None:
         self.blobs = blobs
         self.pool = pool
+        # The whole-payload checksum is sequential: one thread computes it, in
+        # submission order (FIFO), beside the chunker (BLAKE3 releases the GIL).
+        self.checksum_pool = ThreadPoolExecutor(1, thread_name_prefix="fsobj-checksum")
+
+    def close(self) -> None:
+        self.checksum_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------ writing
     def _store(self, kind: int, keys: crypto.EpochKeys, pid: bytes, data: bytes) -> tuple[bytes, int]:
@@ -93,13 +99,15 @@ class PayloadIO:
         try:
             if stream is not None:
                 for data in chunking.split_stream(stream, keys.cdc_seed):
-                    hasher.update(data)
+                    hashed = self.checksum_pool.submit(hasher.update, data)
                     result.length += len(data)
                     pending.append((len(data), self.pool.submit(self._store, crypto.KIND_CHUNK, keys, pid, data)))
                     drain(WINDOW)
                     if progress:
                         progress(len(data))
             drain(0)
+            if stream is not None and result.length:
+                hashed.result()  # FIFO: every earlier update is done too
         finally:
             for _, fut in pending:  # on error: wait so no worker writes after we return
                 fut.cancel()
