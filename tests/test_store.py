@@ -569,6 +569,9 @@ class _FailingSyncfs:
     def __init__(self) -> None:
         self.calls = 0
 
+    def sync_file_range(self, fd: int, offset: object, nbytes: object, flags: int) -> int:
+        return 0  # early write-back is only a hint
+
     def syncfs(self, fd: int) -> int:
         self.calls += 1
         ctypes.set_errno(errno.ENOSPC)
