@@ -1,0 +1,337 @@
+"""``fsobj bench --mount``: the mount against gocryptfs and a plain directory.
+
+Owns: the filesystem-level benchmark of issue 3. The same work runs, in one
+run and on the same disk, on a plain directory, a gocryptfs mount (if the
+``gocryptfs`` binary is installed) and an fsobj mount, with ordinary tools
+(``cp``, ``cat``, ``ls -l``) and plain system calls; each figure is reported
+with its ratio to gocryptfs. Cold reads remount and drop the page cache (root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from fsobj import identity as identity_files
+from fsobj.bench import MIB, PASS, _drop_caches, _make_file
+from fsobj.store import Store
+
+FileOps = Callable[[Path], None]
+
+
+class Target:
+    """One filesystem under test: how to mount it and where its files go."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+        self.mnt = root / "mnt"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def work(self) -> Path:
+        return self.mnt
+
+    def mount(self) -> None:
+        self.mnt.mkdir(parents=True, exist_ok=True)
+
+    def unmount(self) -> None:
+        pass
+
+    def peak_rss_mib(self) -> float | None:
+        return None
+
+
+class Plain(Target):
+    pass
+
+
+class Gocryptfs(Target):
+    def __init__(self, root: Path) -> None:
+        super().__init__("gocryptfs", root)
+        self.cipher = root / "cipher"
+
+    def mount(self) -> None:
+        super().mount()
+        pw = self.root / "pw"
+        if not self.cipher.exists():
+            self.cipher.mkdir()
+            pw.write_text("bench\n")
+            subprocess.run(["gocryptfs", "-init", "-q", "-passfile", str(pw), str(self.cipher)], check=True)
+        subprocess.run(
+            ["gocryptfs", "-q", "-nosyslog", "-passfile", str(pw), str(self.cipher), str(self.mnt)], check=True
+        )
+
+    def unmount(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
+
+
+class Fsobj(Target):
+    def __init__(self, root: Path) -> None:
+        super().__init__("fsobj", root)
+        self.store = root / "store"
+        self.ident = root / "identity.json"
+        self.env = dict(os.environ, FSOBJ_PASSPHRASE=PASS, FSOBJ_IDENTITY=str(self.ident))
+        self.hwm_kib = 0
+
+    @property
+    def work(self) -> Path:
+        return self.mnt / "bench"
+
+    def mount(self) -> None:
+        super().mount()
+        if not self.store.exists():
+            Store.init(self.store)
+            ident = identity_files.create(self.ident, "bench", PASS)
+            with Store.open(self.store, ident) as s:
+                s.create_partition("bench")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fsobj", "mount", "--foreground", str(self.store), str(self.mnt)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("fsobj mount did not come up")
+            time.sleep(0.05)
+
+    def unmount(self) -> None:
+        assert self.proc is not None
+        self.hwm_kib = max(self.hwm_kib, _vm_hwm_kib(self.proc.pid))
+        subprocess.run([sys.executable, "-m", "fsobj", "umount", str(self.mnt)], env=self.env, check=False)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def peak_rss_mib(self) -> float | None:
+        return round(self.hwm_kib / 1024, 1)
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _sh(cmd: str) -> None:
+    subprocess.run(["sh", "-c", cmd], check=True, stdout=subprocess.DEVNULL)
+
+
+class MountBench:
+    def __init__(
+        self,
+        base: Path,
+        log: TextIO,
+        size_mib: int,
+        small_files: int,
+        dir_entries: int,
+        versions: int,
+        rss_size_mib: int,
+    ) -> None:
+        self.base = base
+        self.log = log
+        self.size_mib = size_mib
+        self.small_files = small_files
+        self.dir_entries = dir_entries
+        self.versions = versions
+        self.rss_size_mib = rss_size_mib
+
+    def say(self, msg: str) -> None:
+        print(f"bench --mount: {msg}", file=self.log, flush=True)
+
+    def run_target(self, t: Target, src: Path) -> dict[str, Any]:
+        self.say(f"{t.name}: sequential write/read of {self.size_mib} MiB")
+        out: dict[str, Any] = {}
+        t.mount()
+        try:
+            t.work.mkdir(exist_ok=True)
+            dst = t.work / "big.bin"
+            _drop_caches()
+            out["seq_write_MiB_s"] = round(
+                self.size_mib / _timed(lambda: _sh(f"cp '{src}' '{dst}' && sync '{dst}'")), 1
+            )
+        finally:
+            t.unmount()
+        _drop_caches()
+        t.mount()
+        try:
+            out["seq_read_cold_MiB_s"] = round(self.size_mib / _timed(lambda: _sh(f"cat '{dst}' > /dev/null")), 1)
+            os.unlink(dst)
+            self.say(f"{t.name}: small files")
+            out.update(self.small(t.work))
+            if isinstance(t, Fsobj) and self.versions:
+                out.update(self.version_listing(t))
+        finally:
+            t.unmount()
+        if isinstance(t, Fsobj) and self.rss_size_mib:
+            out.update(self.rss(t))
+        return out
+
+    def small(self, work: Path) -> dict[str, Any]:
+        d = work / "small"
+        d.mkdir()
+        data = os.urandom(4096)
+
+        def create(n: int, start: int = 0) -> None:
+            for i in range(start, start + n):
+                with open(d / f"f{i:06d}", "wb") as f:
+                    f.write(data)
+
+        t_create = _timed(lambda: create(self.small_files))
+        if self.dir_entries > self.small_files:
+            create(self.dir_entries - self.small_files, self.small_files)
+        t_ls = _timed(lambda: _sh(f"ls -l '{d}'"))
+        names = sorted(os.listdir(d))
+        assert len(names) == self.dir_entries
+        t_stat = _timed(lambda: [os.stat(d / n) for n in names])
+
+        def read_all() -> None:
+            for n in names:
+                with open(d / n, "rb") as f:
+                    f.read()
+
+        t_read = _timed(read_all)
+        t_rm = _timed(lambda: _sh(f"rm -r '{d}'"))
+        n = self.dir_entries
+        return {
+            "create_4k_files_per_s": round(self.small_files / t_create),
+            "ls_l_entries_per_s": round(n / t_ls),
+            "stat_per_s": round(n / t_stat),
+            "read_4k_files_per_s": round(n / t_read),
+            "rm_r_entries_per_s": round(n / t_rm),
+        }
+
+    def version_listing(self, t: Fsobj) -> dict[str, Any]:
+        self.say(f"fsobj: a file with {self.versions} versions")
+        f = t.work / "many-versions.txt"
+        for i in range(self.versions):
+            f.write_text(f"version {i}\n")
+        vdir = t.mnt / "bench" / ".versions" / "many-versions.txt"
+        t_ls = _timed(lambda: _sh(f"ls -l '{vdir}'"))
+        count = len(os.listdir(vdir))
+        return {"versions_of_one_file": count, "ls_versions_s": round(t_ls, 3)}
+
+    def rss(self, t: Fsobj) -> dict[str, Any]:
+        self.say(f"fsobj: daemon peak RSS copying {self.rss_size_mib} MiB")
+        src = self.base / "rss.bin"
+        _make_file(src, self.rss_size_mib * MIB, b"rss")
+        t.hwm_kib = 0
+        t.mount()
+        try:
+            _sh(f"cp '{src}' '{t.work}/rss.bin' && sync '{t.work}/rss.bin'")
+        finally:
+            t.unmount()
+            src.unlink()
+        return {"daemon_peak_rss_MiB_copying_big_file": t.peak_rss_mib(), "rss_file_MiB": self.rss_size_mib}
+
+
+TARGETS_MOUNT = [
+    ("seq_write_MiB_s", ">=", 1.0),
+    ("seq_read_cold_MiB_s", ">=", 1.0),
+    ("create_4k_files_per_s", ">=", 0.5),
+    ("ls_l_entries_per_s", ">=", 0.5),
+    ("stat_per_s", ">=", 0.5),
+    ("read_4k_files_per_s", ">=", 0.5),
+    ("rm_r_entries_per_s", ">=", 0.5),
+]
+
+
+def run(
+    workdir: Path | None,
+    log: TextIO,
+    size_mib: int = 1024,
+    small_files: int = 2000,
+    dir_entries: int = 10_000,
+    versions: int = 1000,
+    rss_size_mib: int = 4096,
+) -> dict[str, Any]:
+    base = Path(os.path.realpath(workdir or Path.cwd())) / f"fsobj-bench-mount-{os.getpid()}"
+    base.mkdir()
+    bench = MountBench(base, log, size_mib, small_files, dir_entries, versions, rss_size_mib)
+    targets: list[Target] = [Plain("plain", base / "plain")]
+    if shutil.which("gocryptfs"):
+        targets.append(Gocryptfs(base / "gocryptfs"))
+    targets.append(Fsobj(base / "fsobj"))
+    try:
+        src = base / "src.bin"
+        _make_file(src, size_mib * MIB, b"mount bench")
+        results = {t.name: bench.run_target(t, src) for t in targets}
+    finally:
+        for t in targets:
+            if os.path.ismount(t.mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(t.mnt)], check=False)
+            if t.proc is not None and t.proc.poll() is None:
+                t.proc.kill()
+        shutil.rmtree(base, ignore_errors=True)
+    return {"mount": results, "mount_targets": _check(results)}
+
+
+def _check(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    fs, peer = results.get("fsobj", {}), results.get("gocryptfs")
+    if peer:
+        for key, _, target in TARGETS_MOUNT:
+            ratio = round(fs[key] / peer[key], 2) if peer.get(key) else None
+            out.append(
+                {
+                    "figure": f"mount.{key} vs gocryptfs",
+                    "value": ratio,
+                    "target": f">= {target}",
+                    "met": ratio is not None and ratio >= target,
+                }
+            )
+    if "ls_versions_s" in fs:
+        out.append(
+            {
+                "figure": "mount.ls_versions_s",
+                "value": fs["ls_versions_s"],
+                "target": "< 0.5",
+                "met": fs["ls_versions_s"] < 0.5,
+            }
+        )
+    if "daemon_peak_rss_MiB_copying_big_file" in fs:
+        v = fs["daemon_peak_rss_MiB_copying_big_file"]
+        out.append({"figure": "mount.daemon_peak_rss_MiB", "value": v, "target": "< 300", "met": v < 300})
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    results = result["mount"]
+    names = list(results)
+    keys = list(next(iter(results.values())))
+    for r in results.values():
+        keys += [k for k in r if k not in keys]
+    width = max(len(k) for k in keys) + 2
+    lines = [f"{'figure':<{width}}" + "".join(f"{n:>14}" for n in names) + "   fsobj/gocryptfs"]
+    for k in keys:
+        vals = [results[n].get(k) for n in names]
+        ratio = ""
+        if "gocryptfs" in results and isinstance(results["fsobj"].get(k), (int, float)) and results["gocryptfs"].get(k):
+            ratio = f"{results['fsobj'][k] / results['gocryptfs'][k]:.2f}"
+        lines.append(f"{k:<{width}}" + "".join(f"{'' if v is None else v!s:>14}" for v in vals) + f"   {ratio:>8}")
+    lines.append("")
+    for t in result["mount_targets"]:
+        lines.append(f"{t['figure']:<44} {t['value']!s:>10}  {t['target']:<8} {'yes' if t['met'] else 'NO'}")
+    return "\n".join(lines)
