@@ -16,6 +16,7 @@ from typing import Any
 import blake3
 import pytest
 from cryptography.exceptions import InvalidTag
+from test_cbor import same
 
 from fsobj import chunking, crypto, identity
 from fsobj.errors import FormatError, IdentityError, IntegrityError
@@ -50,17 +51,6 @@ def untag(v: Any) -> Any:
     return v
 
 
-def same(a: Any, b: Any) -> bool:
-    """Equality that also compares types (so True != 1 and b"" != "")."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return a == b
-
-
 def ident(name: str) -> crypto.Identity:
     d = V["identities"][name]
     return crypto.Identity.from_private_bytes(d["name"], h(d["ed25519_seed"]) + h(d["x25519_private"]))
@@ -88,8 +78,16 @@ def test_constants_match_the_spec():
 
 def test_document_quotes_every_context_string_and_prefix():
     doc = (ROOT / "docs" / "format.md").read_text()
-    for ctx in (crypto.CTX_BLOB_KEY, crypto.CTX_CHUNK_ID, crypto.CTX_CHUNK_LIST_ID, crypto.CTX_SORT_KEY,
-                crypto.CTX_CDC_SEED, crypto.CTX_USER_ID, crypto.CTX_WRAP, crypto.CTX_FEED):
+    for ctx in (
+        crypto.CTX_BLOB_KEY,
+        crypto.CTX_CHUNK_ID,
+        crypto.CTX_CHUNK_LIST_ID,
+        crypto.CTX_SORT_KEY,
+        crypto.CTX_CDC_SEED,
+        crypto.CTX_USER_ID,
+        crypto.CTX_WRAP,
+        crypto.CTX_FEED,
+    ):
         assert f'"{ctx}"' in doc, ctx
     for prefix in (crypto.SIG_PARTITION, crypto.SIG_SESSION, crypto.SIG_INTEGRITY, crypto.SIG_KX):
         text = prefix[:-1].decode("ascii")
