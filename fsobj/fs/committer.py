@@ -1,12 +1,14 @@
-"""Group commit: files closed within a short window commit together.
+"""Group commit: files closed, and files unlinked, within a short window commit together.
 
-Owns: the queue of open files whose last writer has closed and when that
-queue is committed. A batch goes when no file has joined it for ``idle``
-seconds, when it is ``window`` seconds old, or when it holds ``max_files``
-files or ``max_bytes`` staged bytes; all its versions commit in one store
-transaction (``Store.batch()``: one ``syncfs``, one SQLite commit), which is
-what makes many small files fast. ``fsync`` of a file commits it at once;
-``fsyncdir``, unmount and SIGTERM drain the whole queue.
+Owns: the queue of open files whose last writer has closed, the queue of
+tombstones of files unlinked through the mount, and when both are committed.
+A batch goes when nothing has joined it for ``idle`` seconds, when it is
+``window`` seconds old, or when it holds ``max_files`` entries or
+``max_bytes`` staged bytes; all its versions commit in one store transaction
+(``Store.batch()``: one ``syncfs``, one SQLite commit), which is what makes
+many small files fast. Tombstones go before files, so a name freed and taken
+again commits in that order. ``fsync`` of a file commits it at once;
+``fsyncdir``, unmount and SIGTERM drain both queues.
 
 What this means for readers (docs/mount.md, "Durability"): a closed file is
 visible at once through this mount (its open-file state stays until it is
@@ -28,18 +30,21 @@ from fsobj.fs.openfile import OpenFile
 log = logging.getLogger("fsobj.fs")
 
 CommitMany = Callable[[list[OpenFile]], Awaitable[None]]
+RemoveMany = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]  # (partition id, baseHash)
 
 
 class Committer:
     def __init__(
         self,
         commit_many: CommitMany,
+        remove_many: RemoveMany,
         window: float = 1.0,
         idle: float = 0.02,
         max_files: int = 1000,
         max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.commit_many = commit_many
+        self.remove_many = remove_many
         self.window = window
         self.idle = idle
         self.max_files = max_files
@@ -47,6 +52,9 @@ class Committer:
         self.running = False
         self._queue: dict[int, OpenFile] = {}
         self._queued_bytes = 0  # staged bytes at submit time (an estimate: writes may follow)
+        self._removals: dict[bytes, bytes] = {}  # baseHash -> partition id: tombstones to write
+        self._files_lock = trio.Lock()  # held while a batch of files commits (drain waits for it)
+        self._removals_lock = trio.Lock()  # the same for tombstones
         self._wake = trio.Event()
         self._batch_done = trio.Event()
 
@@ -60,6 +68,17 @@ class Committer:
     def discard(self, of: OpenFile) -> None:
         """``of`` was committed by other means (fsync, a change that must not merge into it)."""
         self._queue.pop(of.ino, None)
+
+    def removing(self, base_hash: bytes) -> bool:
+        return base_hash in self._removals
+
+    def removals_of(self, pid: bytes) -> list[bytes]:
+        return [b for b, p in self._removals.items() if p == pid]
+
+    def submit_removal(self, pid: bytes, base_hash: bytes) -> None:
+        """Queue the tombstone of an object already gone from the mount's tree."""
+        self._removals[base_hash] = pid
+        self._wake.set()
 
     async def submit(self, of: OpenFile) -> None:
         """Queue ``of``; waits only when the queue is over its byte limit (backpressure)."""
@@ -86,24 +105,40 @@ class Committer:
     async def _gather(self) -> None:
         """Let a batch fill: until idle, full, or as old as the window."""
         with trio.move_on_after(self.window):
-            while len(self._queue) < self.max_files and self._queued_bytes < self.max_bytes:
+            while len(self._queue) + len(self._removals) < self.max_files and self._queued_bytes < self.max_bytes:
                 with trio.move_on_after(self.idle) as idle:
                     await self._wake.wait()
                     self._wake = trio.Event()
                 if idle.cancelled_caught:
                     return
 
+    async def drain_removals(self) -> None:
+        """Write every queued tombstone now (and wait for those being written)."""
+        async with self._removals_lock:
+            while self._removals:
+                batch = [(pid, base) for base, pid in self._removals.items()]
+                self._removals.clear()
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self.remove_many(batch)
+                except Exception:
+                    log.exception("group commit of %d tombstones failed", len(batch))
+
     async def drain(self) -> None:
-        """Commit everything queued now."""
-        while self._queue:
-            batch = list(self._queue.values())
-            self._queue.clear()
-            self._queued_bytes = 0
-            try:
-                with trio.CancelScope(shield=True):  # a batch that started finishes, even at shutdown
-                    await self.commit_many(batch)
-            except Exception:
-                log.exception("group commit of %d files failed", len(batch))
-            finally:
-                done, self._batch_done = self._batch_done, trio.Event()
-                done.set()
+        """Commit everything queued now (and wait for batches already committing):
+        tombstones first, so that a name freed and taken again commits in that order."""
+        await self.drain_removals()
+        async with self._files_lock:
+            while self._queue or self._removals:
+                await self.drain_removals()
+                batch = list(self._queue.values())
+                self._queue.clear()
+                self._queued_bytes = 0
+                try:
+                    with trio.CancelScope(shield=True):  # a batch that started finishes, even at shutdown
+                        await self.commit_many(batch)
+                except Exception:
+                    log.exception("group commit of %d files failed", len(batch))
+                finally:
+                    done, self._batch_done = self._batch_done, trio.Event()
+                    done.set()

@@ -87,12 +87,18 @@ class FileOps(MountState):
         return OpenFile(ino, ps.pid, ref, v.sort_key, v, v.header.posix, v.header.headers)
 
     async def _follow_head(self, of: OpenFile, ps: PartState) -> None:
-        """An open file with nothing staged follows versions committed elsewhere."""
-        e = ps.heads.get(of.ref) if isinstance(of.ref, bytes) else None
-        if e is not None and not e.tombstone and of.base is not None and e.head_hash != of.base.hash:
-            of.rebase(await self._version(e.head_hash, ps.view))
+        """An open file with nothing staged follows newer versions committed elsewhere."""
+        if not isinstance(of.ref, bytes) or of.base is None:
+            return
+        await self._tree(ps)  # the heads are only current once the tree is
+        e = ps.heads.get(of.ref)
+        if e is None or e.tombstone or e.seq <= of.base.header.seq:
+            return
+        v = await self._version(e.head_hash, ps.view)
+        if not of.dirty and of.base is not None and v.header.seq > of.base.header.seq:
+            of.rebase(v)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         _, of = self._file(fh)
         if of.staging is None:
             return await self._read_base(of, off, size)
@@ -109,7 +115,7 @@ class FileOps(MountState):
                     out.append(bytes(p.end - p.start))
             return b"".join(out)
 
-    async def _read_base(self, of: OpenFile, off: int, size: int) -> bytes:
+    async def _read_base(self, of: OpenFile, off: int, size: int) -> bytes | memoryview:
         reader = of.reader(self.store, self._view(of))
         return await reader.read(off, size, self.limiter) if reader is not None else b""
 
@@ -154,7 +160,9 @@ class FileOps(MountState):
         if of.handles or self.files.get(of.ino) is not of or self.committer.queued(of):
             return
         if of.dirty and not of.unlinked:
-            log.error("closing %s with uncommitted changes (the commit failed; see above)", of.sort_key)
+            # its commit failed (logged): keep the data; unmount, fsync or the next close retries
+            log.error("%s could not be committed; its data is kept until a commit succeeds", of.sort_key)
+            return
         of.drop_staging()
         del self.files[of.ino]
         if of.base is not None and not of.dirty:
@@ -179,6 +187,8 @@ class FileOps(MountState):
     async def _commit(self, of: OpenFile) -> None:
         """Commit an open file's staged state as one new version (a conflict copy if it lost a race)."""
         self.committer.discard(of)
+        if of.base is None:
+            await self.committer.drain_removals()  # a name freed by unlink is free in the store first
         async with of.lock:
             if not self._ready(of):
                 return
@@ -206,12 +216,18 @@ class FileOps(MountState):
                 try:
                     done = await self._work(work.commit_batch, jobs)
                 except ConflictError:
+                    alone = ready  # only the losers become conflict copies
+                except Exception:
+                    log.exception("group commit of %d files failed; committing them one by one", len(ready))
                     alone = ready
                 else:
                     for of, ps, v in zip(ready, parts, done.value, strict=True):
                         self._committed(of, ps, v, done.gen_after)
         for of in alone:
-            await self._commit(of)
+            try:
+                await self._commit(of)
+            except Exception:
+                log.exception("could not commit %s", of.sort_key)
         for of in ofs:
             self._close_file(of)
 
@@ -295,6 +311,7 @@ class FileOps(MountState):
         of = await self._open_file(ino, key, writable=True)
         fh = self._add_handle(of, writable=True)  # an internal handle: release commits and closes
         try:
+            await self._settle(of)
             await self._truncate_of(of, size)
         finally:
             await self.release(fh)

@@ -3,7 +3,7 @@
 Owns: how names resolve in every kind of directory — the mount root
 (partitions), partition directories (the live tree), ``.versions`` (every
 series, deleted ones too, and one read-only file per version) and
-``.objects`` (any version by absoluteHash, or ``<baseHash>@head``) — and the
+``.objects`` (any version by hash, as ``fsobj get --hash``) — and the
 readdir snapshots whose offsets stay valid while a directory changes.
 """
 
@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from fsobj.errors import NotFoundError
 from fsobj.fs.inodes import NodeKey
 from fsobj.fs.state import (
-    HEAD_SUFFIX,
-    PRELOAD,
+    EXACT_SUFFIX,
     Attr,
     MountState,
     PartState,
@@ -75,6 +74,7 @@ class LookupOps(MountState):
         return ("dir", ps.pid, c.path) if c.is_dir else ("obj", ps.pid, c.ref)
 
     async def _vdir_child(self, ps: PartState, path: str, name: str) -> NodeKey | None:
+        await self.committer.drain()  # history shows every closed file: commit what waits
         vd = (await self._history(ps)).dir(path)
         if vd is None:
             return None
@@ -94,28 +94,27 @@ class LookupOps(MountState):
         if len(self.ver_info) > 200_000:
             self.ver_info.clear()
         for r in rows:
-            self.ver_info[r.hash] = (ps.pid, r.length, r.created_us)
+            self.ver_info[r.hash] = (ps.pid, r.length, r.created_us, r.base_hash)
         return version_names((r.hash, r.created_us, r.tombstone) for r in rows)
 
     async def _object_child(self, ps: PartState, name: str) -> NodeKey | None:
-        want_head = name.endswith(HEAD_SUFFIX)
-        hex_ = name[: -len(HEAD_SUFFIX)] if want_head else name
+        """``.objects/<hash>`` as ``fsobj get --hash``: a baseHash gives its series' latest
+        version, any other absoluteHash that version; ``<hash>@exact`` is always that version."""
+        exact = name.endswith(EXACT_SUFFIX)
         try:
-            h = bytes.fromhex(hex_)
+            h = bytes.fromhex(name[: -len(EXACT_SUFFIX)] if exact else name)
         except ValueError:
             return None
         if len(h) != 32:
             return None
-
-        def find() -> bytes | None:
-            if want_head:
-                row = self.store.index.head(h)
-                return row.head_hash if row is not None and row.partition_id == ps.pid else None
-            vrow = self.store.index.version(h)
-            return vrow.hash if vrow is not None and vrow.partition_id == ps.pid else None
-
-        found = await self._thread(find)
-        return ("ver", found) if found is not None else None
+        try:
+            v = await self._thread(self.store.get_hash, h, exact)
+        except NotFoundError:
+            return None
+        if v.header.partition != ps.pid:
+            return None
+        self.versions.put(v)
+        return ("ver", v.hash)
 
     async def opendir(self, ino: int) -> int:
         key = self._key(ino)
@@ -136,18 +135,22 @@ class LookupOps(MountState):
             await self.refresh()
             snap = [(".", key), ("..", _parent_key(key)), *await self._listing(key)]
             self.dirs[fh] = (key, snap)
-        rest = snap[start:]
-        await self._preload_entries([k for _, k in rest[:PRELOAD]])
-        return rest
+        return snap[start:]
 
-    async def entry_attr(self, key: NodeKey) -> Attr | None:
-        """Attributes for a readdir entry (None: it vanished since the snapshot)."""
-        ino = self.inodes.get(key)
-        try:
-            return await self._attr(key, ino)
-        except (OSError, NotFoundError):
-            self.inodes.forget(ino, 0)
-            return None
+    async def entry_attrs(self, keys: list[NodeKey]) -> list[Attr | None]:
+        """Attributes for readdir entries, their headers fetched in one thread call first
+        (None: the entry vanished since the snapshot). Inodes of entries the kernel does
+        not take must be given back with ``forget([(ino, 0)])``."""
+        await self._preload_entries(keys)
+        out: list[Attr | None] = []
+        for key in keys:
+            ino = self.inodes.get(key)
+            try:
+                out.append(await self._attr(key, ino))
+            except (OSError, NotFoundError):
+                self.inodes.forget(ino, 0)
+                out.append(None)
+        return out
 
     async def _listing(self, key: NodeKey) -> list[tuple[str, NodeKey]]:
         kind = key[0]
@@ -160,6 +163,7 @@ class LookupOps(MountState):
                 (n, ("dir", ps.pid, c.path) if c.is_dir else ("obj", ps.pid, c.ref)) for n, c in tree.listing(key[2])
             ]
         if kind == "vdir":
+            await self.committer.drain()
             ps = self._part(key[1])
             vd = (await self._history(ps)).dir(key[2])
             if vd is None:

@@ -79,7 +79,7 @@ class MetaOps(FileOps):
                     of.dirty = True
                 await self._maybe_commit(of)
                 return
-            await self._meta_version(ps, key[2], change)
+            await self._meta_version(ps, self._key(ino)[2], change)  # settling may have given it a baseHash
         elif key[0] == "dir":
             ps = self._part(key[1])
             self._writable(ps)
@@ -158,6 +158,8 @@ class MetaOps(FileOps):
 
     async def _object_xattrs(self, ino: int, ps: PartState, ref: Ref) -> dict[str, bytes]:
         of = self.files.get(ino)
+        if of is not None:
+            await self._settle(of)  # show the version of what was closed, not the one before it
         if of is not None and of.base is None:
             return {xattrs.USER + k: v.encode() for k, v in of.headers}
         if of is not None:

@@ -26,6 +26,7 @@ from fsobj.fs.state import (
     Attr,
     MountState,
     PartState,
+    log,
     oserror,
 )
 from fsobj.fs.tree import (
@@ -138,6 +139,7 @@ class NameOps(MountState):
             if tree.lookup(path, name) is not None:
                 raise oserror(errno.EEXIST)
             self._new_key(path, name)
+            await self.committer.drain_removals()  # the name may be one whose tombstone waits
             done = await self._work(work.create, ps.view, key or key_for(path, name), payload, posix, ())
             self._apply(ps, [done.value], done.gen_after)
             return done.value
@@ -154,7 +156,32 @@ class NameOps(MountState):
                 raise oserror(errno.ENOENT)
             if c.is_dir:
                 raise oserror(errno.EISDIR)
-            await self._change_names(ps, [], [c.ref], keep=[(path, {c.ref}, set())])
+            keep = [(path, {c.ref}, set[str]())]
+            tree = await self._tree(ps)
+            if self.committer.enabled and isinstance(c.ref, bytes) and not _empties(tree, *keep[0]):
+                self._unlink_later(ps, tree, c.ref)
+            else:
+                await self._change_names(ps, [], [c.ref], keep=keep)
+
+    def _unlink_later(self, ps: PartState, tree: PartitionTree, ref: bytes) -> None:
+        """The name goes now; its tombstone joins the group commit."""
+        tree.remove(ref)
+        self._settle_pending(ps, [], [ref])
+        self.committer.submit_removal(ps.pid, ref)
+
+    async def _remove_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Write queued tombstones, one transaction per partition."""
+        by_part: dict[bytes, list[bytes]] = {}
+        for pid, base_hash in items:
+            by_part.setdefault(pid, []).append(base_hash)
+        for pid, bases in by_part.items():
+            ps = self.parts.get(pid)
+            if ps is None:
+                log.error("partition %s vanished: %d tombstones not written", pid.hex()[:16], len(bases))
+                continue
+            ns = work.Namespace(ps.view, [], bases, [], self._known_heads(ps, bases))
+            done = await self._work(work.change_names, ns)
+            self._apply(ps, done.value, done.gen_after)
 
     async def _lookup_settled(self, ps: PartState, path: str, name: str) -> Child | None:
         """Look ``name`` up; if it is a closed file still waiting in the group commit, commit
@@ -193,9 +220,9 @@ class NameOps(MountState):
             raise oserror(errno.EXDEV)
         self._writable(ps)
         async with ps.lock:
+            src = await self._lookup_settled(ps, src_dir, name_old)  # its closed data goes first
             dst = await self._lookup_settled(ps, dst_dir, name_new)
             tree = await self._tree(ps)
-            src = tree.lookup(src_dir, name_old)
             if src is None:
                 raise oserror(errno.ENOENT)
             if dst is not None and flags & RENAME_NOREPLACE:
@@ -256,36 +283,39 @@ class NameOps(MountState):
         a directory without a marker that would become empty gets one, as a
         directory on a local filesystem stays when its last entry goes.
         """
-        tree = ps.tree
-        assert tree is not None
+        await self.committer.drain_removals()  # names freed earlier go first
+        tree = await self._tree(ps)
         markers = [
             (marker_key(p), self._default_dir_posix()) for p, refs, subs in keep if _empties(tree, p, refs, subs)
         ]
-        touched = [r for r, _ in moves] + removals
-        async with self._locked_files(ps, touched):
+        files = {r: of for r in [r for r, _ in moves] + removals if (of := self._open_of(ps, r)) is not None}
+        async with self._locked_files(list(files.values())):
+            # a commit that ran while we waited for a lock may have given a new file its baseHash
+            moves = [(_current(files, r), k) for r, k in moves]
+            removals = [_current(files, r) for r in removals]
             committed_moves = [(r, k) for r, k in moves if isinstance(r, bytes)]
             committed_removals = [r for r in removals if isinstance(r, bytes)]
             versions: list[Version] = []
             if committed_moves or committed_removals or markers:
-                ns = work.Namespace(ps.view, committed_moves, committed_removals, markers)  # type: ignore[arg-type]
+                hints = self._known_heads(ps, [r for r, _ in committed_moves] + committed_removals)  # type: ignore[misc]
+                ns = work.Namespace(ps.view, committed_moves, committed_removals, markers, hints)  # type: ignore[arg-type]
                 done = await self._work(work.change_names, ns)
                 versions = done.value
                 self._apply(ps, versions, done.gen_after)
-            self._settle_pending(ps, tree, moves, removals)
+            self._settle_pending(ps, moves, removals)
             self._follow_moves(ps, versions)
 
-    def _settle_pending(
-        self, ps: PartState, tree: PartitionTree, moves: list[tuple[Ref, str]], removals: list[Ref]
-    ) -> None:
+    def _settle_pending(self, ps: PartState, moves: list[tuple[Ref, str]], removals: list[Ref]) -> None:
         """Files created here and not committed yet move or vanish in memory only; open ones notice."""
+        tree = ps.tree  # None: it is rebuilt on next use, from the open files' sort keys
         for ref, key in moves:
-            of = self._open_of(ps, ref)
-            if isinstance(ref, int):
+            if isinstance(ref, int) and tree is not None:
                 tree.add(ref, key)
+            of = self._open_of(ps, ref)
             if of is not None:
                 of.sort_key = key
         for ref in removals:
-            if isinstance(ref, int):
+            if isinstance(ref, int) and tree is not None:
                 tree.remove(ref)
             of = self._open_of(ps, ref)
             if of is not None:
@@ -304,13 +334,17 @@ class NameOps(MountState):
                     of.rebase(v)
 
     @contextlib.asynccontextmanager
-    async def _locked_files(self, ps: PartState, refs: list[Ref]) -> AsyncIterator[None]:
-        """Hold the locks of the open files among ``refs`` (no commit of theirs runs meanwhile)."""
-        files = sorted({of.ino: of for r in refs if (of := self._open_of(ps, r)) is not None}.values(), key=_ino)
+    async def _locked_files(self, files: list[OpenFile]) -> AsyncIterator[None]:
+        """Hold the locks of these open files (no commit of theirs runs meanwhile), in inode order."""
         async with contextlib.AsyncExitStack() as stack:
-            for of in files:
+            for of in sorted(files, key=_ino):
                 await stack.enter_async_context(of.lock)
             yield
+
+
+def _current(files: dict[Ref, OpenFile], ref: Ref) -> Ref:
+    of = files.get(ref)
+    return of.ref if of is not None and of.ref is not None else ref
 
 
 def _ino(of: OpenFile) -> int:

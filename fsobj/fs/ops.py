@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 assert (pyfuse3.RENAME_NOREPLACE, pyfuse3.RENAME_EXCHANGE) == (RENAME_NOREPLACE, RENAME_EXCHANGE)
 
+READDIR_BATCH = 32  # entries whose attributes are computed together (doubling while the kernel takes them)
 QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY}  # expected in normal use
 
 
@@ -146,17 +147,23 @@ class Operations(pyfuse3.Operations):
     @translated
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = await self.fs.readdir(fh, start_id)
-        for i, (name, key) in enumerate(entries, start_id + 1):
-            attr = await self.fs.entry_attr(key)
-            if attr is None:
-                continue
-            accepted = pyfuse3.readdir_reply(token, os.fsencode(name), entry(attr), i)
-            if accepted and name not in (".", ".."):  # the kernel counts a lookup, except for dots
-                self.fs.remember(attr.ino)
-            else:
-                self.fs.forget([(attr.ino, 0)])  # drops an inode allocated just for this reply
-            if not accepted:
-                break
+        pos, size = 0, READDIR_BATCH
+        while pos < len(entries):
+            batch = entries[pos : pos + size]
+            attrs = await self.fs.entry_attrs([key for _, key in batch])
+            for j, ((name, _), attr) in enumerate(zip(batch, attrs, strict=True)):
+                if attr is None:
+                    continue
+                accepted = pyfuse3.readdir_reply(token, os.fsencode(name), entry(attr), start_id + pos + j + 1)
+                if accepted and name not in (".", ".."):  # the kernel counts a lookup, except for dots
+                    self.fs.remember(attr.ino)
+                if not accepted or name in (".", ".."):
+                    self.fs.forget([(attr.ino, 0)])  # an inode allocated only for this reply
+                if not accepted:
+                    self.fs.forget([(a.ino, 0) for a in attrs[j + 1 :] if a is not None])
+                    return
+            pos += size
+            size = min(size * 2, 1024)  # the kernel's buffer may hold a few dozen entries or many hundreds
 
     @translated
     async def releasedir(self, fh: int) -> None:
@@ -222,7 +229,7 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), entry(attr)
 
     @translated
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self.fs.read(fh, off, size)
 
     @translated

@@ -23,8 +23,8 @@ import trio
 from fsobj.model.header import ChunkRef
 from fsobj.store import PartitionView, Store, Version
 
-CACHE_CHUNKS = 8
-READ_AHEAD = 4
+CACHE_CHUNKS = 12
+READ_AHEAD = 8
 
 T = TypeVar("T")
 
@@ -79,34 +79,43 @@ class PayloadReader:
         return self.store.payloads.pool.submit(self.store.payloads.read_chunk, self._refs[i], keys, self.view.id)
 
     # ------------------------------------------------------------ async reads
-    async def read(self, off: int, n: int, limiter: trio.CapacityLimiter | None = None) -> bytes:
+    async def read(self, off: int, n: int, limiter: trio.CapacityLimiter | None = None) -> bytes | memoryview:
+        """Bytes [off, off+n) clipped to the payload; a view into a cached chunk when the
+        range lies in one chunk (no copy)."""
         end = min(off + n, self.length)
         if off >= end:
             return b""
         if self._refs is None:
-            await trio.to_thread.run_sync(self.load_refs, limiter=limiter)
+            if self.version.header.chunks is not None:
+                self.load_refs()  # an inline chunk list: no I/O
+            else:
+                await trio.to_thread.run_sync(self.load_refs, limiter=limiter)
         out = []
         pos = off
         while pos < end:
             i = bisect.bisect_right(self._offsets, pos) - 1
             chunk = await self._chunk(i)
             s = pos - self._offsets[i]
-            piece = chunk[s : s + (end - pos)]
+            piece = memoryview(chunk)[s : s + (end - pos)]
             out.append(piece)
             pos += len(piece)
         return out[0] if len(out) == 1 else b"".join(out)
 
     async def _chunk(self, i: int) -> bytes:
-        sequential = i in (self._last, self._last + 1)
-        self._last = i
+        sequential = abs(i - self._last) <= 2  # the kernel's read-ahead may ask slightly out of order
+        self._last = max(i, self._last) if sequential else i
         if sequential:
             self._read_ahead(i)
         data = self._cache.get(i)
         if data is not None:
             self._cache.move_to_end(i)
             return data
-        fut = self._pending.pop(i, None) or self._submit(i)
+        fut = self._pending.get(i)  # left in place while awaited: concurrent readers share it
+        if fut is None:
+            fut = self._pending[i] = self._submit(i)
         data = await wait_future(fut)
+        if self._pending.get(i) is fut:
+            del self._pending[i]
         self._cache[i] = data
         while len(self._cache) > CACHE_CHUNKS:
             self._cache.popitem(last=False)
@@ -117,7 +126,7 @@ class PayloadReader:
         for j in range(i + 1, min(i + 1 + READ_AHEAD, len(self._refs))):
             if j not in self._cache and j not in self._pending:
                 self._pending[j] = self._submit(j)
-        for j in [j for j in self._pending if j < i or j > i + READ_AHEAD]:
+        for j in [j for j in self._pending if j < i - 2]:
             self._pending.pop(j).cancel()
 
     def close(self) -> None:

@@ -52,10 +52,8 @@ TYPE_BITS = {
     "blockdev": stat.S_IFBLK,
 }
 TYPE_OF_BITS = {bits: name for name, bits in TYPE_BITS.items()}
-HEAD_SUFFIX = "@head"  # .objects/<baseHash>@head: the series' current version
-PRELOAD = 256  # headers fetched per thread call when a listing needs attributes
+EXACT_SUFFIX = "@exact"  # .objects/<hash>@exact: that very version, even if it is a baseHash
 VERSION_CACHE = 16384
-IMMUTABLE_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -150,10 +148,11 @@ class MountState:
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, tuple[NodeKey, list[tuple[str, NodeKey]] | None]] = {}
         self.versions = VersionCache()
-        self.ver_info: dict[bytes, tuple[bytes, int, int]] = {}  # absoluteHash -> (pid, length, created_us)
+        # absoluteHash -> (pid, length, created_us, baseHash): version files' attributes from index rows
+        self.ver_info: dict[bytes, tuple[bytes, int, int, bytes]] = {}
         self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(self.opts.threads)
-        self.committer = Committer(self._commit_many, window=self.opts.commit_window)
+        self.committer = Committer(self._commit_many, self._remove_many, window=self.opts.commit_window)
         self.started_ns = time.time_ns()
         self._gen = -1
         self._next_check = 0.0
@@ -265,6 +264,8 @@ class MountState:
         for of in self.files.values():  # files created here and not committed yet
             if of.pid == ps.pid and isinstance(of.ref, int) and not of.unlinked:
                 tree.add(of.ref, of.sort_key)
+        for base_hash in self.committer.removals_of(ps.pid):  # unlinked here, tombstone not written yet
+            tree.remove(base_hash)
         ps.tree, ps.history, ps.heads = tree, history, heads
 
     def _apply(self, ps: PartState, versions: Iterable[Version], gen_after: int) -> None:
@@ -275,6 +276,8 @@ class MountState:
             self._recent.append((gen_after, ps.pid, e))
             if ps.tree is not None and ps.history is not None:
                 _place(ps.tree, ps.history, ps.heads, e)
+            else:
+                ps.heads[e.base_hash] = e  # the rebuild replaces it; meanwhile never older than ours
 
     async def getattr(self, ino: int) -> Attr:
         await self.refresh()
@@ -360,21 +363,35 @@ class MountState:
         )
 
     async def _ver_attr(self, ino: int, h: bytes) -> Attr:
+        """A version file: read-only, with the read bits and owner of its file as it is now
+        (so the history of a file is readable by whoever may read the file)."""
         info = self.ver_info.get(h)
         if info is None:
             v = await self._version(h)
-            info = (v.header.partition, v.length, v.header.created_us)
-        _, length, created_us = info
+            info = (v.header.partition, v.length, v.header.created_us, v.base_hash)
+            self.ver_info[h] = info
+        pid, length, created_us, base_hash = info
+        p = await self._series_posix(pid, base_hash)
         return Attr(
             ino,
-            stat.S_IFREG | 0o444,
-            uid=self.opts.uid,
-            gid=self.opts.gid,
+            stat.S_IFREG | (p.mode & 0o444 if p else 0o444),
+            uid=p.uid if p else self.opts.uid,
+            gid=p.gid if p else self.opts.gid,
             size=length,
             mtime_ns=created_us * 1000,
             ctime_ns=created_us * 1000,
-            timeout=IMMUTABLE_TIMEOUT,
+            timeout=self.opts.attr_timeout,  # the name never changes, the owner may
         )
+
+    async def _series_posix(self, pid: bytes, base_hash: bytes) -> Posix | None:
+        ps = self.parts.get(pid)
+        if ps is None:
+            return None
+        await self._tree(ps)
+        e = ps.heads.get(base_hash)
+        if e is None:
+            return None
+        return (await self._version(e.head_hash, ps.view)).header.posix
 
     async def _entry(self, key: NodeKey) -> Attr:
         """Attributes of ``key`` for a reply that counts as a kernel lookup."""
@@ -416,11 +433,24 @@ class MountState:
         ino = self.inodes.find(("obj", ps.pid, ref))
         return self.files.get(ino) if ino is not None else None
 
+    def _known_heads(self, ps: PartState, bases: list[bytes]) -> dict[bytes, Version]:
+        """The heads of these series as this mount knows them, where their versions are cached."""
+        out = {}
+        for b in bases:
+            e = ps.heads.get(b)
+            v = self.versions.get(e.head_hash) if e is not None else None
+            if v is not None:
+                out[b] = v
+        return out
+
     async def _commit_many(self, ofs: list[OpenFile]) -> None:
         raise NotImplementedError  # FileOps
 
     async def _commit(self, of: OpenFile) -> None:
         raise NotImplementedError  # FileOps
+
+    async def _remove_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError  # NameOps
 
     def _default_dir_posix(self) -> Posix:
         return Posix("dir", 0o755, self.opts.uid, self.opts.gid, time.time_ns())

@@ -156,7 +156,8 @@ class Dir:
     subdirs: dict[str, Dir] = field(default_factory=dict)
     files: dict[str, list[Ref]] = field(default_factory=dict)  # wanted name -> refs, tie order
     markers: list[Ref] = field(default_factory=list)
-    _names: dict[str, Child] | None = None
+    _names: dict[str, Child] | None = None  # resolved listing, kept up to date once built
+    _emitted: dict[str, list[str]] = field(default_factory=dict)  # wanted name -> names it got
 
     @property
     def marker(self) -> Ref | None:
@@ -166,15 +167,33 @@ class Dir:
         return not self.subdirs and not self.files
 
     def names(self) -> dict[str, Child]:
-        """The resolved listing: name -> child (cached until the directory changes)."""
+        """The resolved listing: name -> child."""
         if self._names is None:
-            names = {n: Child(True, path=d.path) for n, d in self.subdirs.items()}
-            for wanted, refs in self.files.items():
-                for i, ref in enumerate(refs):
-                    name = wanted if i == 0 and wanted not in names else tie_name(wanted, ref)
-                    names.setdefault(name, Child(False, ref=ref))
-            self._names = names
+            self._names, self._emitted = {}, {}
+            for wanted in sorted({*self.subdirs, *self.files}):
+                self.changed(wanted)
         return self._names
+
+    def changed(self, wanted: str) -> None:
+        """Re-resolve the names of everything that wants ``wanted`` (a directory keeps its
+        name; of the files, the first in tie order keeps it, the others get a suffix)."""
+        names = self._names
+        if names is None:
+            return
+        for n in self._emitted.pop(wanted, []):
+            names.pop(n, None)
+        out = []
+        sub = self.subdirs.get(wanted)
+        if sub is not None:
+            names[wanted] = Child(True, path=sub.path)
+            out.append(wanted)
+        for i, ref in enumerate(self.files.get(wanted, [])):
+            name = wanted if i == 0 and sub is None else tie_name(wanted, ref)
+            if name not in names:
+                names[name] = Child(False, ref=ref)
+                out.append(name)
+        if out:
+            self._emitted[wanted] = out
 
 
 class PartitionTree:
@@ -199,7 +218,7 @@ class PartitionTree:
         refs = d.files.setdefault(p.name, [])
         refs.append(ref)
         refs.sort(key=_order)
-        d._names = None
+        d.changed(p.name)
 
     def remove(self, ref: Ref) -> None:
         sort_key = self.keys.pop(ref, None)
@@ -218,7 +237,7 @@ class PartitionTree:
                 refs.remove(ref)
             if not refs:
                 d.files.pop(p.name, None)
-            d._names = None
+            d.changed(p.name)
         self._prune(d)
 
     def _ensure(self, path: str) -> Dir:
@@ -229,7 +248,7 @@ class PartitionTree:
         parent = self._ensure(parent_path)
         d = Dir(path)
         parent.subdirs[name] = d
-        parent._names = None
+        parent.changed(name)
         self.dirs[path] = d
         return d
 
@@ -238,7 +257,7 @@ class PartitionTree:
             parent_path, name = split(d.path)
             parent = self.dirs[parent_path]
             parent.subdirs.pop(name, None)
-            parent._names = None
+            parent.changed(name)
             del self.dirs[d.path]
             d = parent
 

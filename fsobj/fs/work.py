@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Generic, TypeVar
 
 from fsobj.errors import ConflictError, NotFoundError
@@ -174,13 +174,14 @@ class Namespace:
     moves: list[tuple[bytes, str]]  # (baseHash, new sort key)
     removals: list[bytes]  # baseHashes to tombstone
     markers: list[tuple[str, Posix]]  # (marker sort key, attributes) to create
+    heads: dict[bytes, Version] = field(default_factory=dict)  # the heads as the mount knows them (hints)
 
 
 def change_names(store: Store, ns: Namespace) -> tuple[list[Version], int]:
     """Apply ``ns`` in one transaction (retrying if a head moved underneath)."""
     for attempt in range(RETRIES):
         try:
-            return _change_names_once(store, ns)
+            return _change_names_once(store, ns, ns.heads if attempt == 0 else {})
         except ConflictError as e:
             if attempt == RETRIES - 1:
                 raise
@@ -188,16 +189,23 @@ def change_names(store: Store, ns: Namespace) -> tuple[list[Version], int]:
     raise AssertionError("unreachable")
 
 
-def _change_names_once(store: Store, ns: Namespace) -> tuple[list[Version], int]:
+def _change_names_once(store: Store, ns: Namespace, hints: dict[bytes, Version]) -> tuple[list[Version], int]:
+    """One attempt. A hinted head is used without re-reading it: if it is not the head
+    any more, the commit's own check (the optimistic lock) fails and the retry reads."""
     out: list[Version] = []
     view = ns.view
-    with batch(store) as grouped:
+
+    def prev_of(base_hash: bytes) -> Version:
+        return hints.get(base_hash) or head(store, view, base_hash)
+
+    single = len(ns.moves) + len(ns.removals) + len(ns.markers) == 1  # one version: no batch (no syncfs)
+    with contextlib.nullcontext(False) if single else batch(store) as grouped:
         for base_hash in ns.removals:
-            prev = head(store, view, base_hash)
+            prev = prev_of(base_hash)
             if not prev.tombstone:
                 out.append(store.commit(view, prev, source=None, tombstone=True))
         for base_hash, new_key in ns.moves:
-            prev = head(store, view, base_hash)
+            prev = prev_of(base_hash)
             out.append(store.commit(view, prev, sort_key=new_key))
         for key, posix in ns.markers:
             # not exclusive: if another writer made the same marker meanwhile, two markers

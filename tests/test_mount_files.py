@@ -1,0 +1,355 @@
+"""Through a real mount, with ordinary tools: copy, versions, restore, rm, mv,
+byte-exact writes, extended attributes, special files. One mount serves the
+module; each test works in its own directory."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from test_mount_support import Mount, needs_fuse, sh, shared_mount, sync_dir  # noqa: F401
+
+pytestmark = needs_fuse
+
+
+@pytest.fixture
+def d(shared_mount: Mount, request: pytest.FixtureRequest) -> Path:  # noqa: F811
+    path = shared_mount.part / request.node.name
+    path.mkdir()
+    return path
+
+
+def make_tree(src: Path) -> None:
+    rnd = random.Random(7)
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "empty dir").mkdir()
+    (src / "zero").write_bytes(b"")
+    (src / "tiny.txt").write_text("hello\n")
+    (src / "sub" / "page.bin").write_bytes(rnd.randbytes(4096))
+    (src / "sub" / "deeper" / "big.bin").write_bytes(rnd.randbytes(3 * 1024 * 1024 + 17))
+    (src / "sub" / "ünïcode näme.txt").write_text("ü\n")
+    (src / "exec.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "exec.sh").chmod(0o755)
+    (src / "link").symlink_to("sub/page.bin")
+    (src / "dangling").symlink_to("nowhere")
+
+
+def versions_of(path: Path) -> list[Path]:
+    vdir = _versions_dir(path)
+    return sorted(vdir.iterdir())
+
+
+def _versions_dir(path: Path) -> Path:
+    # <partition>/.versions/<path inside the partition>
+    parts = path.parts
+    i = parts.index("p")
+    return Path(*parts[: i + 1], ".versions", *parts[i + 1 :])
+
+
+def test_cp_r_of_a_mixed_tree_then_diff(d: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    sh(f"cp -a '{src}' '{d}/copy'")
+    sh(f"diff -r --no-dereference '{src}' '{d}/copy'")
+    assert (d / "copy" / "empty dir").is_dir()
+    assert os.readlink(d / "copy" / "link") == "sub/page.bin"
+    assert stat.S_IMODE(os.stat(d / "copy" / "exec.sh").st_mode) == 0o755
+    st_src, st_dst = os.stat(src / "tiny.txt"), os.stat(d / "copy" / "tiny.txt")
+    assert st_dst.st_mtime_ns == st_src.st_mtime_ns  # cp -a keeps times
+    assert sh(f"ls '{d}/copy'").split() == sh(f"ls '{src}'").split()
+
+
+def test_overwrite_and_read_back_every_version(d: Path) -> None:
+    f = d / "notes.txt"
+    contents = [f"version {i}\n" * (i + 1) for i in range(5)]
+    for c in contents:
+        f.write_text(c)
+    sh(f"echo appended >> '{f}'")
+    contents.append(contents[-1] + "appended\n")
+    vs = versions_of(f)
+    assert [p.read_text() for p in vs] == contents  # ls order is oldest first
+    assert [p.name[:4] for p in vs] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert vs[-1].name.endswith(os.getxattr(f, "user.fsobj.absolute_hash").decode()[:8])
+    with pytest.raises(OSError) as e:
+        vs[0].write_text("no")
+    assert e.value.errno in (errno.EROFS, errno.EACCES)
+    assert ".versions" not in os.listdir(d.parent)  # hidden from readdir, reachable by path
+
+
+def test_restore_by_cp(d: Path) -> None:
+    f = d / "doc.txt"
+    f.write_text("original\n")
+    f.write_text("mistake\n")
+    first = versions_of(f)[0]
+    sh(f"cp '{first}' '{f}'")
+    assert f.read_text() == "original\n"
+    assert len(versions_of(f)) == 3
+
+
+def test_rm_then_find_the_history(shared_mount: Mount, d: Path) -> None:  # noqa: F811
+    f = d / "gone.txt"
+    f.write_text("keep me\n")
+    sh(f"rm '{f}'")
+    assert not f.exists()
+    assert "gone.txt" not in os.listdir(d)
+    vs = versions_of(f)
+    assert [p.read_text() for p in vs] == ["keep me\n"]
+    log = shared_mount.world.fsobj("log", "p", f"{d.name}/gone.txt").stdout.decode()
+    assert "tombstone" in log
+    sh(f"cp '{vs[0]}' '{f}'")
+    assert f.read_text() == "keep me\n"
+
+
+def test_mv_of_files_and_directories(shared_mount: Mount, d: Path) -> None:  # noqa: F811
+    (d / "a" / "b").mkdir(parents=True)
+    (d / "a" / "b" / "x.txt").write_text("x\n")
+    (d / "a" / "y.txt").write_text("y\n")
+    (d / "a" / "empty").mkdir()
+    base = os.getxattr(d / "a" / "y.txt", "user.fsobj.base_hash")
+    sh(f"mv '{d}/a/y.txt' '{d}/a/b/z.txt'")
+    assert os.getxattr(d / "a" / "b" / "z.txt", "user.fsobj.base_hash") == base  # rename keeps the series
+    assert os.getxattr(d / "a" / "b" / "z.txt", "user.fsobj.version") == b"2"
+    sh(f"mv '{d}/a' '{d}/moved'")
+    assert not (d / "a").exists()
+    assert (d / "moved" / "b" / "x.txt").read_text() == "x\n"
+    assert (d / "moved" / "b" / "z.txt").read_text() == "y\n"
+    assert (d / "moved" / "empty").is_dir()
+    sync_dir(d)  # what the CLI sees: commit what waits in the group commit
+    listing = shared_mount.world.fsobj("ls", "p", "--json").stdout.decode()
+    keys = {e["sort_key"] for e in json.loads(listing)}
+    assert f"{d.name}/moved/b/x.txt" in keys and not any(k.startswith(f"{d.name}/a/") for k in keys)
+    # rename over an existing file replaces it; the replaced one gets a tombstone
+    (d / "old.txt").write_text("old\n")
+    (d / "new.txt").write_text("new\n")
+    sync_dir(d)  # both committed (else new.txt's first version would be made under its final name)
+    os.rename(d / "new.txt", d / "old.txt")
+    assert (d / "old.txt").read_text() == "new\n"
+    assert sorted(p.name for p in d.iterdir()) == ["moved", "old.txt"]
+    # its history holds both series: the replaced one, and the moved one (written, then renamed)
+    assert [p.read_text() for p in versions_of(d / "old.txt")] == ["old\n", "new\n", "new\n"]
+    # the directory emptied by the move is still there, as on a local filesystem
+    (d / "keep").mkdir()
+    (d / "keep" / "only").write_text("1")
+    sh(f"mv '{d}/keep/only' '{d}/only'")
+    assert (d / "keep").is_dir() and os.listdir(d / "keep") == []
+    with pytest.raises(OSError) as e:
+        os.rename(d / "moved", d / "moved" / "b" / "inside")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_truncate_append_random_writes_match_a_plain_directory(d: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    rnd = random.Random(3)
+    start = rnd.randbytes(2_500_000)
+    ops = [(rnd.choice("wtaW"), rnd.randrange(0, 4_000_000), rnd.randrange(1, 200_000)) for _ in range(60)]
+    for base in (d, plain):
+        (base / "f.bin").write_bytes(start)
+        fd = os.open(base / "f.bin", os.O_RDWR)
+        try:
+            for i, (op, off, n) in enumerate(ops):
+                data = random.Random(i).randbytes(n)
+                if op == "w":
+                    os.pwrite(fd, data, off)
+                elif op == "t":
+                    os.ftruncate(fd, off)
+                elif op == "a":
+                    os.lseek(fd, 0, os.SEEK_END)
+                    os.write(fd, data)
+                else:  # sparse: far beyond the end
+                    os.pwrite(fd, data[:100], os.fstat(fd).st_size + off)
+                # reads of the open file see the unflushed writes
+                assert os.pread(fd, 4096, off // 2) == _read_other(base / "f.bin", off // 2)
+        finally:
+            os.close(fd)
+    assert (d / "f.bin").read_bytes() == (plain / "f.bin").read_bytes()
+    for cmd in (
+        "truncate -s 123457 {}/f.bin",
+        "printf tail >> {}/f.bin",
+        "truncate -s 200000 {}/f.bin",
+        "dd if=/dev/zero of={}/f.bin bs=1000 seek=50 count=3 conv=notrunc status=none",
+        "truncate -s 0 {}/f.bin",
+        "printf x | dd of={}/f.bin bs=1 seek=99999 conv=notrunc status=none",
+    ):
+        sh(cmd.format(d))
+        sh(cmd.format(plain))
+        assert (d / "f.bin").read_bytes() == (plain / "f.bin").read_bytes(), cmd
+    assert os.stat(d / "f.bin").st_size == 100000
+
+
+def _read_other(path: Path, off: int) -> bytes:
+    """Read through a second descriptor of the same file."""
+    with open(path, "rb") as f:
+        f.seek(off)
+        return f.read(4096)
+
+
+def test_getfattr_and_setfattr(shared_mount: Mount, d: Path) -> None:  # noqa: F811
+    f = d / "photo.jpg"
+    f.write_bytes(b"\xff\xd8" + bytes(1000))
+    dump = sh(f"getfattr -d -m - '{f}'")
+    for name in (
+        "absolute_hash",
+        "base_hash",
+        "version",
+        "previous_hash",
+        "sort_key",
+        "partition_id",
+        "owner",
+        "author",
+        "created",
+        "length",
+        "checksum",
+        "chunks",
+        "signature",
+    ):
+        assert f"user.fsobj.{name}=" in dump, name
+    assert os.getxattr(f, "user.fsobj.length") == b"1002"
+    assert os.getxattr(f, "user.fsobj.sort_key") == f"{d.name}/photo.jpg".encode()
+    sh(f"setfattr -n user.camera -v X100 '{f}'")
+    assert sh(f"getfattr --only-values -n user.camera '{f}'") == "X100"
+    assert os.getxattr(f, "user.fsobj.version") == b"2"
+    sync_dir(d)
+    info = json.loads(shared_mount.world.fsobj("get", "p", f"{d.name}/photo.jpg", "--info").stdout)
+    assert ["camera", "X100"] in info["headers"]
+    sh(f"setfattr -x user.camera '{f}'")
+    assert "user.camera" not in os.listxattr(f)
+    r = sh(f"setfattr -n user.fsobj.version -v 9 '{f}'", check=False)
+    assert os.getxattr(f, "user.fsobj.version") == b"3", r
+    v1 = versions_of(f)[0]
+    assert os.getxattr(v1, "user.fsobj.version") == b"1"
+    with pytest.raises(OSError):
+        os.setxattr(v1, "user.camera", b"no")
+    assert os.getxattr(d, "user.fsobj.partition_id") == os.getxattr(f, "user.fsobj.partition_id")
+    assert b"tester" in os.getxattr(d.parent, "user.fsobj.owner_name")
+
+
+def test_symlinks_special_files_and_hard_links(d: Path) -> None:
+    sh(f"ln -s ../target '{d}/sym'")
+    assert os.readlink(d / "sym") == "../target"
+    sh(f"mkfifo '{d}/fifo'")
+    assert stat.S_ISFIFO(os.lstat(d / "fifo").st_mode)
+    (d / "file").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.link(d / "file", d / "hard")
+    assert e.value.errno == errno.EPERM
+    os.mknod(d / "dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    st = os.lstat(d / "dev")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
+def test_chmod_chown_touch_are_versions(d: Path) -> None:
+    f = d / "m.txt"
+    f.write_text("m")
+    os.chmod(f, 0o640)
+    os.chown(f, 1234, 5678)
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    st = os.stat(f)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == (0o640, 1234, 5678, 2_000_000_000)
+    assert os.getxattr(f, "user.fsobj.version") == b"4"
+    assert all(p.read_text() == "m" for p in versions_of(f))
+    v1 = os.stat(versions_of(f)[0])  # history is readable by exactly those who may read the file
+    assert (stat.S_IMODE(v1.st_mode), v1.st_uid, v1.st_gid) == (0o440, 1234, 5678)
+    sh(f"touch -m -d '2001-02-03 04:05:06Z' '{f}'")
+    assert os.stat(f).st_mtime == 981173106
+    os.chmod(d, 0o750)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o750
+
+
+def test_unlink_while_open_keeps_the_handle_working(d: Path) -> None:
+    f = d / "open.txt"
+    f.write_text("still here\n")
+    with open(f) as h:
+        os.unlink(f)
+        assert not f.exists()
+        assert h.read() == "still here\n"
+        assert os.fstat(h.fileno()).st_size == 11
+
+
+def test_objects_by_hash(d: Path) -> None:
+    f = d / "h.txt"
+    f.write_text("one")
+    v1 = os.getxattr(f, "user.fsobj.absolute_hash").decode()
+    f.write_text("two")
+    base = os.getxattr(f, "user.fsobj.base_hash").decode()
+    objects = d.parent / ".objects"
+    assert v1 == base  # the first version's absoluteHash is the series' baseHash
+    assert (objects / base).read_text() == "two"  # a baseHash means the series: its latest version
+    assert (objects / f"{v1}@exact").read_text() == "one"
+    v2 = os.getxattr(f, "user.fsobj.absolute_hash").decode()
+    assert (objects / v2).read_text() == "two"
+    assert not (objects / ("0" * 64)).exists()
+    assert os.listdir(objects) == []
+
+
+def test_escaped_names_and_ties(shared_mount: Mount, d: Path) -> None:  # noqa: F811
+    w = shared_mount.world
+    w.fsobj("put", "p", f"{d.name}/same", "-", input=b"first")
+    w.fsobj("put", "p", f"{d.name}/same", "-", "--new", input=b"second")
+    w.fsobj("put", "p", f"{d.name}//double", "-", input=b"escaped")
+    import time
+
+    time.sleep(1.2)  # the mount notices others' changes within its refresh interval
+    names = sorted(os.listdir(d))
+    assert "same" in names and len([n for n in names if n.startswith("same~")]) == 1
+    assert sorted((d / n).read_text() for n in names if n.startswith("same")) == ["first", "second"]
+    root_names = os.listdir(d.parent)
+    escaped = f"{d.name}%2F%2Fdouble"
+    assert escaped in root_names
+    assert (d.parent / escaped).read_text() == "escaped"
+
+
+def test_mkdir_in_the_root_creates_a_partition(shared_mount: Mount) -> None:  # noqa: F811
+    (shared_mount.path / "newpart").mkdir()
+    (shared_mount.path / "newpart" / "f").write_text("in a new partition")
+    out = shared_mount.world.fsobj("partition", "ls").stdout.decode()
+    assert "newpart" in out
+    with pytest.raises(OSError) as e:
+        (shared_mount.path / "plainfile").write_text("x")
+    assert e.value.errno == errno.EPERM
+
+
+def test_mmap_shared_writes_reach_the_file(d: Path) -> None:
+    import mmap
+
+    f = d / "mapped.bin"
+    f.write_bytes(bytes(20000))
+    fd = os.open(f, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 20000, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+            mm[100:105] = b"hello"
+            mm[15000:15003] = b"end"
+            mm.flush()
+    finally:
+        os.close(fd)
+    data = f.read_bytes()
+    assert (data[100:105], data[15000:15003], len(data)) == (b"hello", b"end", 20000)
+
+
+def test_tar_extract_keeps_modes_times_and_links(d: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    os.utime(src / "tiny.txt", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    sh(f"tar -C '{src}' -cf - . | tar -C '{d}' -xpf -")
+    sh(f"diff -r --no-dereference '{src}' '{d}'")
+    assert os.stat(d / "tiny.txt").st_mtime_ns == 1_500_000_000_000_000_000
+    assert stat.S_IMODE(os.stat(d / "exec.sh").st_mode) == 0o755
+
+
+@pytest.mark.skipif(not shutil.which("vim"), reason="needs vim")
+def test_vim_edits_a_file_in_place(d: Path, tmp_path: Path) -> None:
+    f = d / "v.txt"
+    f.write_text("line one\nline two\n")
+    env = dict(os.environ, HOME=str(tmp_path))
+    sh(f"vim -u NONE -i NONE -es -c '%s/two/2/' -c 'set backup' -c wq '{f}'", env=env)
+    assert f.read_text() == "line one\nline 2\n"
+    assert [p.name for p in d.iterdir()] in (["v.txt"], ["v.txt", "v.txt~"])
+    assert [p.read_text() for p in versions_of(f)][-1] == "line one\nline 2\n"

@@ -1,0 +1,234 @@
+"""The daemon's life: crashes, signals, unmounting, two mounts of one store,
+conflicts, and partitions shared read-only."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_mount_support import (  # noqa: F401
+    FSOBJ,
+    PASSPHRASE,
+    World,
+    needs_fuse,
+    sh,
+    sync_dir,
+    wait_for,
+    world,
+    write_synced,
+)
+
+from fsobj import identity as identity_files
+from fsobj.store import Store
+
+pytestmark = needs_fuse
+
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.write(fd, sys.argv[2].encode())
+print("written", flush=True)
+sys.stdin.readline()
+try:
+    os.close(fd)
+    print("closed", flush=True)
+except OSError as e:
+    print("close failed", e.errno, flush=True)
+"""
+
+
+def open_writer(path: Path, data: str) -> subprocess.Popen[str]:
+    """A separate process that writes ``data`` to ``path`` and keeps it open until told to close."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), data], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "written"
+    return p
+
+
+def close_writer(p: subprocess.Popen[str]) -> str:
+    out, _ = p.communicate("\n", timeout=30)
+    return out.strip()
+
+
+def test_kill_9_then_remount_and_verify(world: World) -> None:  # noqa: F811
+    m = world.mount()
+    (m.part / "d").mkdir()
+    for i in range(20):
+        (m.part / "d" / f"f{i}").write_bytes(os.urandom(1000 * i))
+    sync_dir(m.part / "d")  # closed files are durable once their directory is fsynced
+    write_synced(m.part / "synced", b"durable")
+    (m.part / "closed only").write_bytes(b"either wholly there or wholly absent")
+    writer = open_writer(m.part / "in-flight", "not committed")
+    m.kill9()
+    writer.kill()
+    writer.wait()
+    assert world.fsobj("verify").returncode == 0
+    m2 = world.mount("again")
+    assert (m2.part / "synced").read_bytes() == b"durable"
+    assert sorted(os.listdir(m2.part / "d")) == sorted(f"f{i}" for i in range(20))
+    assert not (m2.part / "in-flight").exists()  # a version that never committed is wholly absent
+    closed = m2.part / "closed only"
+    assert not closed.exists() or closed.read_bytes() == b"either wholly there or wholly absent"
+    (m2.part / "after").write_text("works")
+    m2.stop()
+    assert world.fsobj("verify").returncode == 0
+
+
+def test_sigterm_commits_open_files_then_unmounts(world: World) -> None:  # noqa: F811
+    m = world.mount()
+    writer = open_writer(m.part / "pending.txt", "pending data")
+    assert m.stop() == 0
+    assert not os.path.ismount(m.path)
+    assert close_writer(writer).startswith("close failed")  # the mount is gone, the data is not
+    assert world.fsobj("get", "p", "pending.txt").stdout == b"pending data"
+
+
+def test_daemon_mode_and_fsobj_umount(world: World) -> None:  # noqa: F811
+    mp = world.root / "bg"
+    mp.mkdir()
+    r = subprocess.run([FSOBJ, "mount", str(world.store), str(mp)], env=world.env, capture_output=True, timeout=30)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(mp)  # mounted when the command returns
+        pid = int(os.getxattr(mp, "user.fsobj.daemon_pid"))
+        writer = open_writer(mp / "p" / "bg.txt", "background")
+        r = subprocess.run([FSOBJ, "umount", str(mp)], env=world.env, capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert not os.path.ismount(mp)
+        close_writer(writer)
+        assert world.fsobj("get", "p", "bg.txt").stdout == b"background"
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), what="the daemon to exit")
+        log = (world.root / "cache").rglob("mount.log")
+        assert any("unmounted" in p.read_text() for p in log)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+    bad = subprocess.run(
+        [FSOBJ, "mount", str(world.store), str(world.root / "nope")], env=world.env, capture_output=True
+    )
+    assert bad.returncode != 0 and b"not a directory" in bad.stderr
+
+
+def test_mount_helper_for_mount_t_fsobj_and_fstab(world: World, tmp_path: Path) -> None:  # noqa: F811
+    helper = Path(__file__).resolve().parent.parent / "mountscripts" / "mount.fsobj"
+    mp = world.root / "helper"
+    mp.mkdir()
+    pass_file = tmp_path / "pass"
+    pass_file.write_text(PASSPHRASE + "\n")
+    env = {k: v for k, v in world.env.items() if k != "FSOBJ_PASSPHRASE"}
+    opts = f"fsobj_bin={FSOBJ},identity={world.identity},passphrase_file={pass_file},rw,noauto,nofail,x-systemd.foo"
+    r = subprocess.run([str(helper), str(world.store), str(mp), "-o", opts], env=env, capture_output=True, timeout=30)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(mp)
+        (mp / "p" / "via-helper").write_text("ok")
+    finally:
+        r2 = subprocess.run([FSOBJ, "umount", str(mp)], env=env, capture_output=True, timeout=60)
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+    assert r2.returncode == 0, r2.stderr
+    assert world.fsobj("get", "p", "via-helper").stdout == b"ok"
+    fake = subprocess.run(
+        [str(helper), str(world.store), str(mp), "-f", "-v", "-o", opts], env=env, capture_output=True
+    )
+    assert fake.returncode == 0 and b" mount " in fake.stderr and not os.path.ismount(mp)
+
+
+def test_two_mounts_see_each_others_changes_and_a_conflict_keeps_both(world: World) -> None:  # noqa: F811
+    a = world.mount("a", "refresh=0.2", "attr_timeout=0.2")
+    b = world.mount("b", "refresh=0.2", "attr_timeout=0.2")
+    (a.part / "shared.txt").write_text("from a\n")
+    wait_for(lambda: (b.part / "shared.txt").exists(), what="b to see a's file")
+    assert (b.part / "shared.txt").read_text() == "from a\n"
+    (b.part / "dir").mkdir()
+    (b.part / "dir" / "x").write_text("from b\n")
+    wait_for(lambda: (a.part / "dir" / "x").exists(), what="a to see b's file")
+    assert (a.part / "dir" / "x").read_text() == "from b\n"
+    (b.part / "shared.txt").write_text("b overwrote\n")
+    wait_for(lambda: (a.part / "shared.txt").read_text() == "b overwrote\n", what="a to see b's version")
+    # a writer on mount a, while mount b changes the same file: nothing is lost
+    writer = open_writer(a.part / "shared.txt", "a appended\n")
+    write_synced(b.part / "shared.txt", b"b won\n")
+    assert close_writer(writer) == "closed"
+    wait_for(lambda: any(n.startswith("shared.txt.conflict-") for n in os.listdir(b.part)), what="the conflict copy")
+    copy = next(n for n in os.listdir(b.part) if n.startswith("shared.txt.conflict-"))
+    assert (b.part / copy).read_text() == "b overwrote\na appended\n"
+    assert (a.part / "shared.txt").read_text() == "b won\n"
+    assert "conflict" in a.log.read_text()
+    rm_gone = a.part / "dir" / "x"
+    os.unlink(rm_gone)
+    wait_for(lambda: not (b.part / "dir" / "x").exists(), what="b to see a's rm")
+
+
+def test_a_partition_shared_read_only_cannot_be_changed(world: World, tmp_path: Path) -> None:  # noqa: F811
+    bob_file = tmp_path / "bob.json"
+    identity_files.create(bob_file, "bob", PASSPHRASE)
+    alice = identity_files.load(world.identity, PASSPHRASE)
+    with Store.open(world.store, alice) as s:
+        s.put("p", "shared.txt", b"for bob")
+        s.grant("p", identity_files.load_public(bob_file), "read")
+    world.env["FSOBJ_IDENTITY"] = str(bob_file)
+    m = world.mount("bob")
+    names = os.listdir(m.path)
+    assert len(names) == 1 and names[0].startswith("p@")
+    part = m.path / names[0]
+    assert (part / "shared.txt").read_text() == "for bob"
+    for attempt in (
+        lambda: (part / "shared.txt").write_text("no"),
+        lambda: (part / "new").write_text("no"),
+        lambda: os.unlink(part / "shared.txt"),
+        lambda: os.mkdir(part / "dir"),
+    ):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno in (errno.EROFS, errno.EACCES)
+    grants = json.loads(os.getxattr(part, "user.fsobj.grants"))
+    assert grants[0]["name"] == "bob" and grants[0]["role"] == "read"
+    with Store.open(world.store, alice) as s:
+        assert s.read_bytes(s.get("p", "shared.txt")) == b"for bob"
+
+
+def test_mount_read_only_option(world: World) -> None:  # noqa: F811
+    m = world.mount("ro", "ro")
+    with pytest.raises(OSError) as e:
+        (m.part / "x").write_text("no")
+    assert e.value.errno == errno.EROFS
+    assert sh(f"ls -a '{m.part}'").split() == [".", ".."]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root and runuser")
+def test_allow_other_with_permissions_checked_by_the_kernel(world: World) -> None:  # noqa: F811
+    restore = [(p, os.stat(p).st_mode) for p in [world.root, *world.root.parents] if not os.stat(p).st_mode & 0o001]
+    for p, mode in restore:  # nobody must be able to reach the mount point
+        os.chmod(p, mode | 0o001)
+    try:
+        _check_allow_other(world)
+    finally:
+        for p, mode in restore:
+            os.chmod(p, mode)
+
+
+def _check_allow_other(w: World) -> None:
+    m = w.mount("shared", "allow_other")
+    (m.part / "public").write_text("pub")
+    (m.part / "secret").write_text("sec")
+    os.chmod(m.part / "secret", 0o600)
+    (m.part / "sticky").mkdir(mode=0o1777)
+    os.chmod(m.part / "sticky", 0o1777)
+    (m.part / "sticky" / "roots").write_text("r")
+
+    def as_nobody(cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-c", cmd], capture_output=True, text=True)
+
+    assert as_nobody(f"cat '{m.part}/public'").stdout == "pub"
+    assert as_nobody(f"cat '{m.part}/secret'").returncode != 0
+    assert as_nobody(f"cat '{m.part}'/.versions/secret/*").returncode != 0  # history follows the file
+    assert as_nobody(f"echo x > '{m.part}/mine'").returncode != 0  # the partition root is 0755 root
+    assert as_nobody(f"echo x > '{m.part}/sticky/nobodys'").returncode == 0
+    assert as_nobody(f"rm '{m.part}/sticky/roots'").returncode != 0  # sticky directory
+    assert os.stat(m.part / "sticky" / "nobodys").st_uid != 0

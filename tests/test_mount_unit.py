@@ -1,0 +1,290 @@
+"""The mount's logic without FUSE: the virtual tree, write staging, the inode
+table, and the Filesystem operations called directly on trio."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fsobj.crypto import Identity
+from fsobj.fs.filesystem import Filesystem, Options
+from fsobj.fs.inodes import ROOT_INODE, InodeTable
+from fsobj.fs.staging import Extents, Staging
+from fsobj.fs.tree import (
+    HistoryTree,
+    PartitionTree,
+    conflict_key,
+    escape_key,
+    place,
+    unescape_name,
+    version_names,
+)
+from fsobj.store import Store
+
+# ---------------------------------------------------------------- tree
+
+
+def test_sort_keys_become_paths_markers_and_escaped_names() -> None:
+    assert (place("a/b/c").parent, place("a/b/c").name) == ("a/b", "c")
+    assert place("a/b/").marker and place("a/b/").dir == "a/b"
+    assert place("/").marker and place("/").dir == ""
+    for bad in ("a//b", "../x", "a/./b", ".versions", ".objects/x", "x" * 256, "/lead", "a//"):
+        p = place(bad)
+        assert (p.parent, p.marker) == ("", False) and "/" not in p.name
+        assert unescape_name(p.name) == bad
+    assert escape_key("a//b") == "a%2F%2Fb" and escape_key("..") == "%2E."
+    assert escape_key("100%") == "100%25"
+
+
+def test_ties_and_file_directory_clashes_get_hash_suffixes() -> None:
+    t = PartitionTree()
+    b1, b2 = bytes([1]) * 32, bytes([2]) * 32
+    t.add(b2, "same")
+    t.add(b1, "same")
+    names = dict(t.listing(""))
+    assert names["same"].ref == b1 and names["same~" + b2.hex()[:8]].ref == b2
+    t.add(bytes([3]) * 32, "d")
+    t.add(bytes([4]) * 32, "d/child")
+    names = dict(t.listing(""))
+    assert names["d"].is_dir and not names["d~03030303"].is_dir
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(0, 5), st.sampled_from(["a", "b", "a/x", "b/", "a/", "c/d", "a/b"])),
+        max_size=40,
+    )
+)
+def test_incremental_names_match_a_fresh_resolution(ops: list[tuple[bool, int, str]]) -> None:
+    t = PartitionTree()
+    for d in t.dirs.values():
+        d.names()
+    for add, n, key in ops:
+        ref = bytes([n]) * 32
+        if add:
+            t.add(ref, key)
+        else:
+            t.remove(ref)
+        for d in list(t.dirs.values()):
+            d.names()  # keep the caches built, so that changes are incremental
+    for d in t.dirs.values():
+        incremental = dict(d.names())
+        d._names = None
+        assert d.names() == incremental
+
+
+def test_directories_live_while_they_have_entries_or_a_marker() -> None:
+    t = PartitionTree()
+    t.add(b"f" * 32, "a/b/file")
+    t.add(b"m" * 32, "a/")
+    assert t.dir("a/b") is not None
+    t.remove(b"f" * 32)
+    assert t.dir("a/b") is None and t.dir("a") is not None  # a keeps its marker
+    t.remove(b"m" * 32)
+    assert t.dir("a") is None
+    assert sorted(k for _, k in t.refs_under("")) == []
+
+
+def test_history_keeps_deleted_series_at_their_last_path() -> None:
+    h = HistoryTree()
+    h.set(b"s" * 32, "x/y")
+    h.set(b"s" * 32, "z")  # renamed
+    assert h.dir("x") is None and h.dir("z").series == {b"s" * 32}
+    names = version_names([(b"\x02" * 32, 20, False), (b"\x01" * 32, 10, False), (b"\x03" * 32, 30, True)])
+    assert [n.name[:5] for n in names] == ["0001_", "0002_"] and names[0].hash == b"\x01" * 32
+    assert conflict_key("k", bytes.fromhex("ab" * 32)) == "k.conflict-abababab"
+
+
+# ---------------------------------------------------------------- staging
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("w"), st.integers(0, 9000), st.binary(min_size=1, max_size=700)),
+        st.tuples(st.just("t"), st.integers(0, 9000), st.just(b"")),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.binary(max_size=5000), ops=OPS, limit=st.sampled_from([64, 1 << 22]))
+def test_staging_reads_like_a_bytearray(base: bytes, ops: list[tuple[str, int, bytes]], limit: int) -> None:
+    import fsobj.fs.staging as staging_mod
+
+    old, staging_mod.MEMORY_LIMIT = staging_mod.MEMORY_LIMIT, limit
+    try:
+        model = bytearray(base)
+        s = Staging(len(base), None)
+        for op, off, data in ops:
+            if op == "w":
+                if len(model) < off:
+                    model.extend(bytes(off - len(model)))
+                model[off : off + len(data)] = data
+                s.write(off, data)
+            else:
+                del model[off:]
+                model.extend(bytes(off - len(model)))
+                s.truncate(off)
+        out = bytearray()
+        for p in s.pieces(0, s.size + 10):
+            if p.kind == "dirty":
+                out += s.read_dirty(p.start, p.end - p.start)
+            elif p.kind == "base":
+                out += base[p.start : p.end]
+            else:
+                out += bytes(p.end - p.start)
+        assert s.size == len(model) and bytes(out) == bytes(model)
+        s.close()
+    finally:
+        staging_mod.MEMORY_LIMIT = old
+
+
+def test_extents_merge_and_cut() -> None:
+    e = Extents()
+    for a, b in [(10, 20), (30, 40), (20, 30), (50, 60)]:
+        e.add(a, b)
+    assert list(e) == [(10, 40), (50, 60)]
+    e.cut(55)
+    assert list(e) == [(10, 40), (50, 55)]
+    assert list(e.pieces(0, 60)) == [(0, 10, False), (10, 40, True), (40, 50, False), (50, 55, True), (55, 60, False)]
+
+
+# ---------------------------------------------------------------- inodes
+
+
+def test_inode_lifetime_follows_lookups_and_pins() -> None:
+    t = InodeTable()
+    ino = t.get(("obj", b"p", b"x"))
+    t.remember(ino, 2)
+    t.pin(ino)
+    t.forget(ino, 2)
+    assert t.key(ino) is not None  # an open handle keeps it
+    t.unpin(ino)
+    assert t.key(ino) is None
+    assert t.get(("obj", b"p", b"x")) != ino  # numbers are never reused
+    t.forget(ROOT_INODE, 10)
+    assert t.key(ROOT_INODE) == ("root",)
+
+
+# ---------------------------------------------------------------- the operations, without a mount
+
+
+@pytest.fixture
+def fs_store(tmp_path: Path) -> Store:
+    Store.init(tmp_path / "s")
+    store = Store.open(tmp_path / "s", Identity.generate("unit"))
+    store.create_partition("p")
+    yield store
+    store.close()
+
+
+def run(fs_store: Store, tmp_path: Path, fn: object) -> None:
+    async def main() -> None:
+        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path)))
+        await fs.start()
+        await fn(fs)  # type: ignore[operator]
+        await fs.shutdown()
+
+    trio.run(main)
+
+
+def test_write_commit_rename_unlink_without_fuse(fs_store: Store, tmp_path: Path) -> None:
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        d = await fs.mkdir(part, "dir", 0o755, 0, 0)
+        fh, _ = await fs.create(d.ino, "f", 0o644, os.O_RDWR, 0, 0)
+        assert await fs.write(fh, 0, b"hello") == 5
+        assert await fs.read(fh, 0, 100) == b"hello"  # before any commit
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert fs_store.read_bytes(fs_store.get("p", "dir/f")) == b"hello"
+        await fs.rename(d.ino, "f", part, "g", 0)
+        assert fs_store.get("p", "g").header.seq == 2
+        assert [n for n, _ in await fs.readdir(await fs.opendir(d.ino), 0)] == [".", ".."]  # dir kept
+        with pytest.raises(OSError) as e:
+            await fs.rmdir(part, "nope")
+        assert e.value.errno == errno.ENOENT
+        await fs.unlink(part, "g")
+        assert fs_store.log("p", "g")[-1].tombstone
+
+    run(fs_store, tmp_path, scenario)
+
+
+def test_a_big_sparse_file_spills_to_an_unnamed_file(fs_store: Store, tmp_path: Path) -> None:
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, _ = await fs.create(part, "sparse", 0o644, os.O_RDWR, 0, 0)
+        await fs.write(fh, 10_000_000, b"end")
+        assert os.listdir(tmp_path) == ["s"]  # staging has no name in the spill directory
+        assert await fs.read(fh, 9_999_998, 10) == b"\0\0end"
+        await fs.fsync(fh)
+        await fs.release(fh)
+        v = fs_store.get("p", "sparse")
+        assert v.length == 10_000_003 and fs_store.read_bytes(v)[-3:] == b"end"
+
+    run(fs_store, tmp_path, scenario)
+
+
+def test_group_commit_puts_many_closed_files_in_one_transaction(fs_store: Store, tmp_path: Path) -> None:
+    async def main() -> None:
+        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path), commit_window=5.0))
+        await fs.start()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.committer.run)
+            part = (await fs.lookup(ROOT_INODE, "p")).ino
+            before = fs_store.index.generation()
+            for i in range(20):
+                fh, _ = await fs.create(part, f"f{i}", 0o644, os.O_WRONLY, 0, 0)
+                await fs.write(fh, 0, b"x" * i)
+                await fs.flush(fh)
+                await fs.release(fh)
+            fh, _ = await fs.create(part, "again", 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"one")
+            await fs.release(fh)
+            fh, _ = await fs.open((await fs.lookup(part, "again")).ino, os.O_WRONLY | os.O_APPEND)
+            await fs.write(fh, 3, b" two")  # changing a waiting file commits the waiting version first
+            await fs.release(fh)
+            await fs.fsyncdir()
+            assert fs_store.index.generation() - before <= 4
+            assert [fs_store.read_bytes(v) for v in fs_store.log("p", "again")] == [b"one", b"one two"]
+            assert fs_store.read_bytes(fs_store.get("p", "f19")) == b"x" * 19
+            nursery.cancel_scope.cancel()
+        await fs.shutdown()
+
+    trio.run(main)
+
+
+def test_a_name_freed_by_unlink_can_be_taken_again_within_the_window(fs_store: Store, tmp_path: Path) -> None:
+    async def main() -> None:
+        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path), commit_window=5.0))
+        await fs.start()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.committer.run)
+            part = (await fs.lookup(ROOT_INODE, "p")).ino
+            for name in ("f", "g"):
+                fh, _ = await fs.create(part, name, 0o644, os.O_WRONLY, 0, 0)
+                await fs.write(fh, 0, b"old")
+                await fs.release(fh)
+                await fs.unlink(part, name)  # commits the waiting file, queues its tombstone
+            fh, _ = await fs.create(part, "f", 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"new")
+            await fs.fsync(fh)  # the tombstone of the old "f" goes first: no conflict
+            await fs.release(fh)
+            await fs.symlink(part, "g", b"target", 0, 0)
+            await fs.fsyncdir()
+            names = {e.sort_key for e in fs_store.list("p")}
+            assert names == {"f", "g"}
+            assert fs_store.read_bytes(fs_store.get("p", "f")) == b"new"
+            deleted = [e for e in fs_store.list("p", include_deleted=True) if e.tombstone]
+            assert sorted(e.sort_key for e in deleted) == ["f", "g"]
+            nursery.cancel_scope.cancel()
+        await fs.shutdown()
+
+    trio.run(main)
