@@ -105,6 +105,13 @@ class VerifyFailed(FsobjError):
     errno = _errno.EIO
 
 
+class NotEmptyError(FsobjError):
+    """The partition still holds live objects."""
+
+    exit_code = 13
+    errno = _errno.ENOTEMPTY
+
+
 #: exit code -> meaning, in the order ``docs/cli.md`` lists them.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -123,6 +130,7 @@ EXIT_CODES: dict[int, str] = {
             NoSpaceError,
             ExistsError,
             VerifyFailed,
+            NotEmptyError,
         )
     },
     130: "interrupted (Ctrl-C)",

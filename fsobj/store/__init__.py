@@ -42,6 +42,7 @@ from fsobj.errors import (
     ExistsError,
     FormatError,
     IntegrityError,
+    NotEmptyError,
     NotFoundError,
     UsageError,
 )
@@ -231,6 +232,26 @@ class Store(PartitionsMixin):
         if h.author not in view.record.writers_at(h.acl):
             raise IntegrityError(f"{what} was written by {h.author.hex()[:16]}, who had no write access")
         verify_signatures(h, hash_, integrity, view.record.public_of(h.author).sign_pub)
+
+    # ------------------------------------------------------------ typed readers (no SQL above this layer)
+    def generation(self) -> int:
+        """A counter that changes whenever any process commits to the store."""
+        return self.index.generation()
+
+    def head(self, base_hash: bytes) -> Version:
+        """The newest version of a series (tombstones included), verified."""
+        row = self.index.head(base_hash)
+        if row is None:
+            raise NotFoundError(f"no object with baseHash {base_hash.hex()}")
+        version = self.load_version(row.head_hash)
+        if version.base_hash != base_hash:
+            raise IntegrityError(f"the index points baseHash {base_hash.hex()} at another object's version")
+        return version
+
+    def series_rows(self, base_hash: bytes) -> list[VersionRow]:
+        """The index rows of a series, oldest first, without reading any blob
+        (hash, created_us, length, tombstone, seq ...: what ``.versions/`` lists)."""
+        return self.index.series(base_hash)
 
     def get(self, partition: str | bytes, sort_key: str) -> Version:
         """The latest version of the live object with this sort key."""
@@ -506,6 +527,11 @@ class Store(PartitionsMixin):
         keys: crypto.EpochKeys,
         progress: Progress | None,
     ) -> WrittenPayload:
+        if isinstance(source, WrittenPayload):
+            # written earlier by payloads.write() (e.g. streamed by the mount while a file was open)
+            if source.epoch != keys.epoch:
+                raise ConflictError("the partition key rotated while the payload was written; write it again")
+            return source
         if source is ... and prev is not None and prev.header.epoch == keys.epoch:
             h = prev.header
             return WrittenPayload(h.length, h.checksum, h.chunks, h.tree, self.index.refs_of(prev.hash))
@@ -659,6 +685,24 @@ class Store(PartitionsMixin):
             raise AccessDeniedError(f"only the owner of {view.display_name} can purge")
         head = self._head_for_key(view, sort_key, live_only=False)
         return self.purge_series(head.base_hash)
+
+    def remove_partition(self, ref: str | bytes) -> int:
+        """Delete an empty partition physically (owner only): every tombstoned
+        series is purged, then the partition row and its record blob go.
+        Returns the number of versions purged. Older record blobs are left to gc."""
+        view = self._owner_view(ref)
+        if self.index.count_heads(view.id, live_only=True):
+            raise NotEmptyError(f"partition {view.display_name} still holds live objects")
+        purged = sum(self.purge_series(h.base_hash)[0] for h in self.index.heads_in(view.id))
+        with self.index.write():
+            if self.index.count_heads(view.id, live_only=False):
+                raise NotEmptyError(f"partition {view.display_name} got new objects meanwhile")
+            self.index.delete_partition(view.id)
+            self.blobs.delete(view.row.record_id)
+            self.blobs.sync()
+        with self._lock:
+            self._views.pop(view.id, None)
+        return purged
 
     def purge_series(self, base_hash: bytes) -> tuple[int, int]:
         with self.index.write():

@@ -41,6 +41,7 @@ class WrittenPayload:
     refs: list[bytes] = field(default_factory=list)  # every payload blob id (chunks + nodes)
     new_blobs: int = 0
     new_bytes: int = 0  # bytes of blob data actually written (after dedup)
+    epoch: int = -1  # key epoch the blobs were written under (-1: taken from a previous version)
 
 
 class PayloadIO:
@@ -84,7 +85,7 @@ class PayloadIO:
         """
         hasher = crypto.new_hasher()
         pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
-        result = WrittenPayload(0, b"", None, None)
+        result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
         chunks: list[ChunkRef] = []
 
         def drain(limit: int) -> None:
