@@ -96,14 +96,14 @@ def _encode_into(out: bytearray, value: Value, depth: int) -> None:
 def decode(data: bytes) -> Value:
     """Decode one canonical item that spans all of ``data``.
 
-    Raises :class:`FormatError` for malformed or non-canonical input.
+    Raises :class:`FormatError` for malformed or non-canonical input. The
+    canonical form is checked while decoding (shortest arguments, map keys in
+    order, no duplicates), so ``encode(decode(b)) == b`` without re-encoding.
     """
     mv = memoryview(data)
     value, pos = _decode_at(mv, 0, 0)
     if pos != len(mv):
         raise FormatError("trailing bytes after CBOR item")
-    if encode(value) != bytes(data):
-        raise FormatError("CBOR item is not in canonical form")
     return value
 
 
@@ -116,7 +116,14 @@ def _read_arg(mv: memoryview, pos: int, info: int) -> tuple[int, int]:
     n = sizes[info]
     if pos + n > len(mv):
         raise FormatError("truncated CBOR item")
-    return int.from_bytes(mv[pos : pos + n], "big"), pos + n
+    arg = int.from_bytes(mv[pos : pos + n], "big")
+    if arg < _SHORTEST_FLOOR[info]:
+        raise FormatError("CBOR item is not in canonical form (argument not in its shortest form)")
+    return arg, pos + n
+
+
+#: the smallest argument that needs each length encoding (core deterministic encoding)
+_SHORTEST_FLOOR = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
 
 
 def _decode_at(mv: memoryview, pos: int, depth: int) -> tuple[Value, int]:
@@ -156,12 +163,18 @@ def _decode_at(mv: memoryview, pos: int, depth: int) -> tuple[Value, int]:
         return items, pos
     if major == 5:
         result: dict[str, Value] = {}
+        previous: bytes | None = None
         for _ in range(arg):
+            start = pos
             key, pos = _decode_at(mv, pos, depth + 1)
             if not isinstance(key, str):
                 raise FormatError("CBOR map key is not a text string")
             if key in result:
                 raise FormatError("duplicate CBOR map key")
+            encoded = bytes(mv[start:pos])
+            if previous is not None and (len(encoded), encoded) <= (len(previous), previous):
+                raise FormatError("CBOR item is not in canonical form (map keys out of order)")
+            previous = encoded
             result[key], pos = _decode_at(mv, pos, depth + 1)
         return result, pos
     raise FormatError(f"unsupported CBOR major type {major}")

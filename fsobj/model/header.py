@@ -263,14 +263,30 @@ def decode_header_blob(plaintext: bytes, expected_hash: bytes) -> tuple[VersionH
         raise FormatError("malformed header blob")
     if not isinstance(outer["body"], dict) or type(outer["integrity"]) is not bytes:
         raise FormatError("malformed header blob")
-    body_bytes = cbor.encode(outer["body"])
+    # The blob is canonical (checked by decode), so the body's encoding is the
+    # slice between the map head + "body" key and the "integrity" entry.
+    suffix = b"\x69integrity" + cbor.encode(outer["integrity"])
+    if plaintext[:6] == b"\xa2\x64body" and plaintext.endswith(suffix):
+        body_bytes = plaintext[6 : len(plaintext) - len(suffix)]
+    else:  # pragma: no cover - canonical form guarantees the layout above
+        body_bytes = cbor.encode(outer["body"])
     if crypto.hash_bytes(body_bytes) != expected_hash:
         raise IntegrityError(f"version {expected_hash.hex()} does not match its hash")
     return VersionHeader.from_body(outer["body"]), outer["integrity"]
 
 
-def verify_signatures(header: VersionHeader, absolute_hash: bytes, integrity: bytes, author_sign_pub: bytes) -> None:
-    """Verification header (session cert by author) and integrity header (session sig)."""
+def verify_signatures(
+    header: VersionHeader,
+    absolute_hash: bytes,
+    integrity: bytes,
+    author_sign_pub: bytes,
+    verified_certs: set[tuple[bytes, ...]] | None = None,
+) -> None:
+    """Verification header (session cert by author) and integrity header (session sig).
+
+    ``verified_certs`` remembers session certificates already verified (one
+    session signs many versions), so each costs one Ed25519 verification once.
+    """
     s = header.session
     try:
         key, expires, cert = s["key"], s["expires"], s["sig"]
@@ -279,9 +295,13 @@ def verify_signatures(header: VersionHeader, absolute_hash: bytes, integrity: by
     what = f"version {absolute_hash.hex()}"
     if not (type(key) is bytes and _is_uint(expires) and expires < 2**64 and type(cert) is bytes):
         raise IntegrityError(f"{what} has a malformed verification header")
-    crypto.verify_signature(
-        author_sign_pub, cert, crypto.session_message(header.author, key, expires), what + " (session)"
-    )
+    cert_id = (author_sign_pub, header.author, key, expires.to_bytes(8, "big"), cert)
+    if verified_certs is None or cert_id not in verified_certs:
+        crypto.verify_signature(
+            author_sign_pub, cert, crypto.session_message(header.author, key, expires), what + " (session)"
+        )
+        if verified_certs is not None:
+            verified_certs.add(cert_id)
     if header.created_us // 1_000_000 > expires:
         raise IntegrityError(f"{what} was signed with an expired session key")
     crypto.verify_signature(key, integrity, crypto.SIG_INTEGRITY + absolute_hash, what)

@@ -66,6 +66,7 @@ class PartitionRecord:
     members: list[Member]  # excluding the owner
     epochs: list[dict[bytes, bytes]]  # epoch -> user_id -> wrapped epoch key
     history: list[dict[str, Any]] = field(default_factory=list)  # [{"seq", "epoch", "writers"}]
+    _publics: dict[bytes, crypto.PublicIdentity] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def current_epoch(self) -> int:
@@ -97,12 +98,17 @@ class PartitionRecord:
         raise IntegrityError(f"version names unknown partition record seq {acl_seq}")
 
     def public_of(self, user_id: bytes) -> crypto.PublicIdentity:
+        """The public identity of a present or past member (checked once, then kept)."""
         if user_id == self.owner.user_id:
             return self.owner
+        known = self._publics.get(user_id)
+        if known is not None:
+            return known
         for h in self.history:
             for rec in h.get("publics", []):
                 pub = crypto.PublicIdentity.from_record(rec)
                 if pub.user_id == user_id:
+                    self._publics[user_id] = pub
                     return pub
         raise AccessDeniedError(f"user {user_id.hex()[:16]} was never a member of this partition")
 

@@ -155,6 +155,7 @@ class Store(PartitionsMixin):
         self._listing: dict[bytes, tuple[int, list[tuple]]] = {}
         self._lock = threading.Lock()
         self._tls = threading.local()
+        self._certs: set[tuple[bytes, ...]] = set()  # session certificates already verified
 
     # ------------------------------------------------------------ lifecycle
     @staticmethod
@@ -231,7 +232,7 @@ class Store(PartitionsMixin):
             raise IntegrityError(f"{what} is encrypted under another key epoch than its record seq {h.acl} had")
         if h.author not in view.record.writers_at(h.acl):
             raise IntegrityError(f"{what} was written by {h.author.hex()[:16]}, who had no write access")
-        verify_signatures(h, hash_, integrity, view.record.public_of(h.author).sign_pub)
+        verify_signatures(h, hash_, integrity, view.record.public_of(h.author).sign_pub, self._certs)
 
     # ------------------------------------------------------------ typed readers (no SQL above this layer)
     def generation(self) -> int:
