@@ -42,7 +42,8 @@ step sh -c "grep -rl 'todo' '$demo/store' || echo 'no match for \"todo\" in the 
 if fsobj mount --help >/dev/null 2>&1; then
     mkdir -p "$demo/mnt"
     step fsobj mount "$demo/store" "$demo/mnt"
-    step ls -la "$demo/mnt/notes/lists"
+    step cp /etc/hosts "$demo/mnt/notes/hosts.txt"
+    step ls -la "$demo/mnt/notes" "$demo/mnt/notes/lists"
     step cat "$demo/mnt/notes/lists/todo.txt"
     echo "third draft" >> "$demo/mnt/notes/lists/todo.txt"
     step ls "$demo/mnt/notes/.versions/lists/todo.txt/"
