@@ -112,7 +112,8 @@ def get(
     if output:
         tmp = Path(output).with_name(f".{Path(output).name}.fsobj-tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # plaintext: owner only
+            tmp.unlink(missing_ok=True)  # a stale one (or a planted link) is never followed
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)  # plaintext: owner only
             with os.fdopen(fd, "wb") as f, progress(v.length, "get") as tick:
                 for data in store.open_payload(v, tick):
                     f.write(data)

@@ -345,7 +345,11 @@ class Store(PartitionsMixin):
                 break
             if r[7] and not include_deleted:
                 continue
-            out.append(ListEntry(r[0].decode("utf-8"), r[2], r[1], r[3], r[4], r[5], bool(r[7])))
+            try:
+                name = r[0].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise IntegrityError(f"a sealed sort key in the index of {view.display_name} is not UTF-8") from e
+            out.append(ListEntry(name, r[2], r[1], r[3], r[4], r[5], bool(r[7])))
             if limit is not None and len(out) >= limit:
                 break
         return out
@@ -477,7 +481,7 @@ class Store(PartitionsMixin):
         appeared meanwhile, instead of creating a tie.
         """
         view = self.partition(view.id)  # the current record: grants and key epoch may have changed
-        self._renew_session()
+        session = self._renew_session()  # one session for the whole commit, even if another thread renews
         view.require_write()
         keys = view.current_keys()
         if sort_key is None:
@@ -504,21 +508,24 @@ class Store(PartitionsMixin):
             posix=posix or (ph.posix if ph else Posix(mtime_ns=time.time_ns())),
             epoch=keys.epoch,
             acl=view.record.seq,
-            session=self.session.verification(),
+            session=session.verification(),
         )
         for k, v in header.headers:
             if not isinstance(k, str) or not isinstance(v, str) or not k:
                 raise UsageError("user headers must be non-empty string keys with string values")
         reused = source is ... and prev is not None and prev.header.epoch == keys.epoch
         return self._commit_header(
-            view, prev, header, keys, payload.refs, exclusive, 0 if reused or not payload.refs else None
+            view, prev, header, keys, payload.refs, exclusive, 0 if reused or not payload.refs else None, session
         )
 
-    def _renew_session(self) -> None:
-        """Long-running processes (the mount) get a fresh session key before it expires."""
+    def _renew_session(self) -> crypto.Session:
+        """The session to sign with; long-running processes (the mount) get a fresh
+        one before it expires."""
         now = int(time.time())
-        if self.session.expires - now < crypto.Session.LIFETIME_S // 4:
-            self.session = crypto.Session(self.identity, now)
+        session = self.session
+        if session.expires - now < crypto.Session.LIFETIME_S // 4:
+            session = self.session = crypto.Session(self.identity, now)
+        return session
 
     def _payload_for(
         self,
@@ -553,10 +560,11 @@ class Store(PartitionsMixin):
         refs: list[bytes],
         exclusive: bool,
         new_blobs: int | None,
+        session: crypto.Session,
     ) -> Version:
         hash_ = header.absolute_hash()
         blob = crypto.seal_blob(
-            crypto.KIND_HEADER, keys, view.id, hash_, encode_header_blob(header, self.session.sign_integrity(hash_))
+            crypto.KIND_HEADER, keys, view.id, hash_, encode_header_blob(header, session.sign_integrity(hash_))
         )
         sealed_key = keys.seal_sort_key(view.id, header.sort_key)
         row = VersionRow(

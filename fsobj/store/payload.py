@@ -87,6 +87,7 @@ class PayloadIO:
         pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
         result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
         chunks: list[ChunkRef] = []
+        checksums: collections.deque[Future[None]] = collections.deque()
 
         def drain(limit: int) -> None:
             while len(pending) > limit:
@@ -100,7 +101,9 @@ class PayloadIO:
         try:
             if stream is not None:
                 for data in chunking.split_stream(stream, keys.cdc_seed):
-                    hashed = self.checksum_pool.submit(hasher.update, data)
+                    checksums.append(self.checksum_pool.submit(hasher.update, data))
+                    while len(checksums) > WINDOW:  # bound the memory queued for the checksum
+                        checksums.popleft().result()
                     result.length += len(data)
                     pending.append((len(data), self.pool.submit(self._store, crypto.KIND_CHUNK, keys, pid, data)))
                     drain(WINDOW)
@@ -108,7 +111,7 @@ class PayloadIO:
                         progress(len(data))
             drain(0)
             if stream is not None and result.length:
-                hashed.result()  # FIFO: every earlier update is done too
+                checksums[-1].result()  # FIFO: every earlier update is done too
         finally:
             for _, fut in pending:  # on error: wait so no worker writes after we return
                 fut.cancel()
