@@ -95,6 +95,10 @@ class FeedQueries:
             [(feed_id, pid, prefix) for pid, prefix in subs],
         )
 
+    def drop_partition_subscriptions(self, partition_id: bytes) -> None:
+        """A removed partition pushes nothing more (queued notifications stay)."""
+        self.db.execute("DELETE FROM feed_subscriptions WHERE partition_id = ?", (partition_id,))
+
     # ------------------------------------------------------------ queue
     def push_notifications(self, partition_id: bytes, version_hash: bytes, commit_us: int) -> int:
         """Queue one notification per feed subscribed to the partition (inside the commit)."""

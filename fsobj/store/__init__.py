@@ -707,6 +707,7 @@ class Store(PartitionsMixin):
             if self.index.count_heads(view.id, live_only=False):
                 raise NotEmptyError(f"partition {view.display_name} got new objects meanwhile")
             self.index.delete_partition(view.id)
+            self.index.drop_partition_subscriptions(view.id)
             self.blobs.delete(view.row.record_id)
             self.blobs.sync()
         with self._lock:
