@@ -316,6 +316,27 @@ def test_mkdir_in_the_root_creates_a_partition(shared_mount: Mount) -> None:  # 
     assert e.value.errno == errno.EPERM
 
 
+def test_rmdir_of_a_partition_only_when_empty(shared_mount: Mount) -> None:  # noqa: F811
+    part = shared_mount.path / "gone"
+    part.mkdir()
+    (part / "d").mkdir()
+    (part / "d" / "f").write_text("x")
+    os.chmod(part, 0o750)  # gives the partition root a marker
+    with pytest.raises(OSError) as e:
+        part.rmdir()
+    assert e.value.errno == errno.ENOTEMPTY
+    (part / "d" / "f").unlink()  # its tombstone waits in the group commit
+    (part / "d").rmdir()
+    part.rmdir()
+    assert "gone" not in os.listdir(shared_mount.path)
+    assert "gone" not in shared_mount.world.fsobj("partition", "ls").stdout.decode()
+    with pytest.raises(OSError) as e:
+        (shared_mount.path / "nosuch").rmdir()
+    assert e.value.errno == errno.ENOENT
+    (shared_mount.path / "gone").mkdir()  # the name is free again
+    assert os.listdir(shared_mount.path / "gone") == []
+
+
 def test_mmap_shared_writes_reach_the_file(d: Path) -> None:
     import mmap
 

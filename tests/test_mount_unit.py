@@ -232,6 +232,67 @@ def test_a_big_sparse_file_spills_to_an_unnamed_file(fs_store: Store, tmp_path: 
     run(fs_store, tmp_path, scenario)
 
 
+def test_sequential_writes_stream_the_payload_and_others_fall_back(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fsobj.fs import work
+
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    piece = 128 * 1024
+    streamed: list[bool] = []
+    real = work._streamed
+
+    def spy(store: Store, job: work.DataJob) -> object:
+        out = real(store, job)
+        streamed.append(out is not None)
+        return out
+
+    monkeypatch.setattr(work, "_streamed", spy)
+
+    async def write_all(fs: Filesystem, fh: int, blob: bytes) -> None:
+        for off in range(0, len(blob), piece):
+            await fs.write(fh, off, blob[off : off + piece])
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, attr = await fs.create(part, "seq", 0o644, os.O_RDWR, 0, 0)
+        await write_all(fs, fh, data)
+        of = fs.files[attr.ino]
+        assert of.stream is not None and of.stream.started and of.stream.pos == len(data)
+        assert await fs.read(fh, 5_000_000, 10) == data[5_000_000:5_000_010]  # reads see the staging
+        await fs.flush(fh)
+        await fs.release(fh)
+        v = fs_store.get("p", "seq")
+        assert v.length == len(data) and fs_store.read_bytes(v) == data
+        assert streamed == [True]  # committed from the stream, not re-read from the staging
+
+        # O_TRUNC then sequential: streams again; a write back in the file stops the stream
+        fh = (await fs.open(attr.ino, os.O_RDWR | os.O_TRUNC))[0]
+        of = fs.files[attr.ino]
+        await write_all(fs, fh, data[: 2 * 1024 * 1024])
+        assert of.stream is not None and of.stream.started
+        await fs.write(fh, 10, b"patched")
+        assert of.stream is None
+        await fs.write(fh, 2 * 1024 * 1024, b"tail")
+        await fs.release(fh)
+        want = data[:10] + b"patched" + data[17 : 2 * 1024 * 1024] + b"tail"
+        assert fs_store.read_bytes(fs_store.get("p", "seq")) == want
+
+        # a truncate stops it too
+        fh = (await fs.open(attr.ino, os.O_RDWR | os.O_TRUNC))[0]
+        of = fs.files[attr.ino]
+        await write_all(fs, fh, data[: 3 * 1024 * 1024])
+        assert of.stream is not None and of.stream.started
+        await fs._truncate_of(of, 1000)
+        assert of.stream is None
+        await fs.release(fh)
+        assert fs_store.read_bytes(fs_store.get("p", "seq")) == data[:1000]
+        assert [x.header.seq for x in fs_store.log("p", "seq")] == [1, 2, 3]
+        assert streamed == [True, False, False]
+
+    run(fs_store, tmp_path, scenario)
+
+
 def test_group_commit_puts_many_closed_files_in_one_transaction(fs_store: Store, tmp_path: Path) -> None:
     async def main() -> None:
         fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path), commit_window=5.0))

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +56,6 @@ IGNORED_OPTIONS = frozenset(
     }
 )
 DEFAULT_COMMIT_WINDOW = 1.0  # seconds a closed file may wait to commit with others
-SESSION_RENEW_S = 12 * 3600  # renew the signing session when it has less than this left
-SESSION_CHECK_S = 600
 
 
 @dataclass
@@ -260,7 +257,6 @@ async def _main(fs: Filesystem, ready: Callable[[], None] | None) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(fs.committer.run)
         nursery.start_soon(_on_signals, fs)
-        nursery.start_soon(_renew_session, fs)
         if ready is not None:
             ready()
         await pyfuse3.main()
@@ -275,14 +271,3 @@ async def _on_signals(fs: Filesystem) -> None:
             await fs.flush_all()
             pyfuse3.terminate()
             return
-
-
-async def _renew_session(fs: Filesystem) -> None:
-    """Workaround until the store renews it: versions must be signed with an unexpired session key."""
-    while True:
-        await trio.sleep(SESSION_CHECK_S)
-        store = fs.store
-        now = int(time.time())
-        if store.session.expires - now < SESSION_RENEW_S:
-            store.session = crypto.Session(store.identity, now)
-            log.info("renewed the signing session (expires %d)", store.session.expires)

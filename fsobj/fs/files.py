@@ -13,6 +13,8 @@ import contextlib
 import errno
 import os
 
+import trio
+
 from fsobj.errors import ConflictError, NotFoundError
 from fsobj.fs import work
 from fsobj.fs.inodes import NodeKey
@@ -24,6 +26,7 @@ from fsobj.fs.state import (
     log,
     oserror,
 )
+from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import (
     Ref,
 )
@@ -126,10 +129,31 @@ class FileOps(MountState):
         if h.flushed:
             await self._settle(of)
         async with of.lock:
-            of.ensure_staging(self.opts.spill_dir).write(off, data)
+            st = of.ensure_staging(self.opts.spill_dir)
+            fresh = off == 0 and st.size == 0 and st.base_limit == 0 and not len(st.extents)
+            st.write(off, data)
             of.touch()
+            await self._stream_write(of, off, data, fresh)
         h.flushed = False
         return len(data)
+
+    async def _stream_write(self, of: OpenFile, off: int, data: bytes, fresh: bool) -> None:
+        """Sequential writes from offset 0 also go to a payload stream (written while they
+        arrive); any other write stops it and the commit reads the staging."""
+        s = of.stream
+        if s is None:
+            if not fresh:
+                return
+            s = of.stream = PayloadStream(self.store, self._view(of))
+        elif off != s.pos or s.aborted:
+            of.drop_stream()
+            return
+        try:
+            if not s.feed(data):
+                await trio.to_thread.run_sync(s.feed_blocking, data)
+        except Exception:  # the stream is only a shortcut: the staging has the data
+            log.exception("streaming the payload of %s failed; it commits from the staging", of.sort_key)
+            of.drop_stream()
 
     async def flush(self, fh: int) -> None:
         """close(2) of a descriptor: commit if this handle wrote since its last flush and no
@@ -241,7 +265,9 @@ class FileOps(MountState):
 
     def _job(self, of: OpenFile, ps: PartState) -> work.DataJob:
         source = of.source(self.store, ps.view)
-        return work.DataJob(ps.view, of.base, of.sort_key, of.posix, of.headers, source, of.payload_changed)
+        job = work.DataJob(ps.view, of.base, of.sort_key, of.posix, of.headers, source, of.payload_changed)
+        job.stream = of.take_stream()
+        return job
 
     def _committed(self, of: OpenFile, ps: PartState, v: Version, gen_after: int) -> None:
         if isinstance(of.ref, int):
@@ -320,6 +346,7 @@ class FileOps(MountState):
         async with of.lock:
             st = of.ensure_staging(self.opts.spill_dir)
             if size != st.size or size < st.base_limit:
+                of.drop_stream()
                 st.truncate(size)
                 of.touch()
 

@@ -90,7 +90,7 @@ class LookupOps(MountState):
         if vd is None or not vd.series:
             return []
         series = list(vd.series)
-        rows = await self._thread(lambda: [r for b in series for r in self.store.index.series(b)])
+        rows = await self._thread(lambda: [r for b in series for r in self.store.series_rows(b)])
         if len(self.ver_info) > 200_000:
             self.ver_info.clear()
         for r in rows:

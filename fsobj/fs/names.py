@@ -195,7 +195,8 @@ class NameOps(MountState):
 
     async def rmdir(self, parent: int, name: str) -> None:
         if self._key(parent)[0] == "root":
-            raise oserror(errno.EPERM, "removing a partition is not supported through the mount")
+            await self._rmpartition(name)
+            return
         ps, path = self._dir_of(parent)
         self._writable(ps)
         async with ps.lock:
@@ -210,6 +211,30 @@ class NameOps(MountState):
             if not d.empty():
                 raise oserror(errno.ENOTEMPTY)
             await self._change_names(ps, [], list(d.markers), keep=[(path, set(), {name})])
+
+    async def _rmpartition(self, name: str) -> None:
+        """``rmdir`` of a partition in the mount root: owner only, and only when it is empty
+        (its root marker, if any, is tombstoned first; ``ENOTEMPTY`` otherwise)."""
+        self._writable()
+        await self.refresh()
+        pid = self.names.get(name)
+        if pid is None:
+            raise oserror(errno.ENOENT)
+        ps = self._part(pid)
+        if ps.view.role != "owner":
+            raise oserror(errno.EPERM, f"only the owner can remove partition {ps.name}")
+        await self.committer.drain()  # queued tombstones and files first: the store decides on them
+        async with ps.lock:
+            tree = await self._tree(ps)
+            root = tree.dir("")
+            if root is not None and not root.empty():
+                raise oserror(errno.ENOTEMPTY)
+            if any(of.pid == pid and not of.unlinked for of in self.files.values() if isinstance(of.ref, int)):
+                raise oserror(errno.ENOTEMPTY)
+            if root is not None and root.markers:
+                await self._change_names(ps, [], list(root.markers), keep=[])
+            await self._thread(self.store.remove_partition, pid)
+        await self.refresh(force=True)
 
     async def rename(self, parent_old: int, name_old: str, parent_new: int, name_new: str, flags: int) -> None:
         if flags & RENAME_EXCHANGE:

@@ -25,6 +25,7 @@ import trio
 
 from fsobj.fs.reader import PayloadReader
 from fsobj.fs.staging import BASE, DIRTY, Staging
+from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import Ref
 from fsobj.model.header import Posix
 from fsobj.store import PartitionView, Store, Version
@@ -55,6 +56,7 @@ class OpenFile:
     unlinked: bool = False
     handles: set[int] = field(default_factory=set)
     lock: trio.Lock = field(default_factory=trio.Lock)
+    stream: PayloadStream | None = None  # the payload being written while sequential writes arrive
     _reader: PayloadReader | None = None
 
     # ------------------------------------------------------------ state
@@ -98,7 +100,24 @@ class OpenFile:
         self.headers = version.header.headers
         self.sort_key = version.sort_key
 
+    def drop_stream(self) -> None:
+        if self.stream is not None:
+            self.stream.abort()
+            self.stream = None
+
+    def take_stream(self) -> PayloadStream | None:
+        """The stream, for the commit, if it holds exactly the staged content (else it is aborted)."""
+        s, self.stream = self.stream, None
+        st = self.staging
+        if s is None:
+            return None
+        if s.started and not s.aborted and st is not None and s.pos == st.size and st.extents.covers(0, st.size):
+            return s
+        s.abort()
+        return None
+
     def drop_staging(self) -> None:
+        self.drop_stream()
         if self.staging is not None:
             self.staging.close()
             self.staging = None

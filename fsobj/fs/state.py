@@ -215,12 +215,12 @@ class MountState:
         if not force and now < self._next_check:
             return
         self._next_check = now + self.opts.refresh_interval
-        if force or self.store.index.generation() != self._gen:
+        if force or self.store.generation() != self._gen:
             await self._reload()
 
     async def _reload(self) -> None:
         def load() -> tuple[int, list[PartitionView]]:
-            return self.store.index.generation(), self.store.partitions()
+            return self.store.generation(), self.store.partitions()
 
         gen, views = await self._thread(load)
         old, self.parts, self.names = self.parts, {}, {}
@@ -252,7 +252,7 @@ class MountState:
 
     async def _build(self, ps: PartState) -> None:
         def listing() -> tuple[int, list[ListEntry]]:
-            return self.store.index.generation(), self.store.list(ps.pid, include_deleted=True)
+            return self.store.generation(), self.store.list(ps.pid, include_deleted=True)
 
         gen, entries = await self._thread(listing)
         tree, history, heads = PartitionTree(), HistoryTree(), {}

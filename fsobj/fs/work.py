@@ -23,10 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Generic, TypeVar
 
-from fsobj.errors import ConflictError, NotFoundError
+from fsobj.errors import ConflictError
+from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import conflict_key
 from fsobj.model.header import Posix
 from fsobj.store import PartitionView, Store, Version
+from fsobj.store.payload import WrittenPayload
 
 log = logging.getLogger("fsobj.fs")
 
@@ -46,9 +48,9 @@ class Done(Generic[T]):
 
 def run(store: Store, fn: Callable[..., tuple[T, int]], *args: Any) -> Done[T]:
     """Run ``fn(store, *args) -> (value, transactions)`` and note the generations around it."""
-    before = store.index.generation()
+    before = store.generation()
     value, txns = fn(store, *args)
-    return Done(value, before, store.index.generation(), txns)
+    return Done(value, before, store.generation(), txns)
 
 
 @contextlib.contextmanager
@@ -63,11 +65,8 @@ def batch(store: Store) -> Iterator[bool]:
 
 
 def head(store: Store, view: PartitionView, base_hash: bytes) -> Version:
-    """The current version of a series (by baseHash), read from the index."""
-    row = store.index.head(base_hash)
-    if row is None:
-        raise NotFoundError(f"no object with baseHash {base_hash.hex()}")
-    return store.load_version(row.head_hash, view)
+    """The current version of a series (by baseHash), verified."""
+    return store.head(base_hash)
 
 
 # ---------------------------------------------------------------- one object
@@ -84,11 +83,14 @@ class DataJob:
     headers: tuple[tuple[str, str], ...]
     source: Callable[[], BinaryIO | bytes]
     payload_changed: bool
+    stream: PayloadStream | None = None  # the payload already written while the file was written
 
 
 def commit_data(store: Store, job: DataJob) -> tuple[Version, int]:
     """One new version of an open file (``ConflictError`` if its series moved on)."""
-    source: object = job.source() if job.payload_changed else ...
+    source: object = _streamed(store, job)
+    if source is None:
+        source = job.source() if job.payload_changed else ...
     with _closing(source):
         v = store.commit(
             job.view,
@@ -100,6 +102,19 @@ def commit_data(store: Store, job: DataJob) -> tuple[Version, int]:
             exclusive=job.prev is None,
         )
     return v, 1
+
+
+def _streamed(store: Store, job: DataJob) -> WrittenPayload | None:
+    """The payload written by the job's stream, if it completed under the current key epoch."""
+    stream, job.stream = job.stream, None  # a retry or a conflict copy reads the staging
+    if stream is None:
+        return None
+    written = stream.finish()
+    if written is None or written.length != stream.pos:
+        return None
+    if written.epoch != store.partition(job.view.id).current_keys().epoch:
+        return None  # the key rotated meanwhile: write it again from the staging
+    return written
 
 
 @contextlib.contextmanager
