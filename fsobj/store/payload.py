@@ -10,6 +10,7 @@ the payload size. Never touches SQL.
 from __future__ import annotations
 
 import collections
+import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,8 +82,15 @@ class PayloadIO:
         """Store the payload read from ``stream`` (None = empty).
 
         The blobs are written but not yet durable: the caller makes them durable
-        (``BlobStore.sync_all``) before a header names them.
+        (``BlobStore.sync_all``) before a header names them. A payload below the
+        chunker's minimum size is one chunk: it is stored in the calling thread,
+        without the two thread hand-offs (small files are the common case).
         """
+        if stream is not None:
+            head = _read_up_to(stream, chunking.MIN_SIZE + 1)
+            if len(head) <= chunking.MIN_SIZE:
+                return self._write_small(bytes(head), keys, pid, progress)
+            stream = _Prefixed(bytes(head), stream)  # type: ignore[assignment]
         hasher = crypto.new_hasher()
         pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
         result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
@@ -125,6 +133,19 @@ class PayloadIO:
             result.chunks = tuple(chunks)
         else:
             result.tree = self._build_tree(chunks, keys, pid, result)
+        return result
+
+    def _write_small(
+        self, data: bytes, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
+    ) -> WrittenPayload:
+        result = WrittenPayload(len(data), crypto.hash_bytes(data), (), None, epoch=keys.epoch)
+        if data:
+            blob_id, written = self._store(crypto.KIND_CHUNK, keys, pid, data)
+            result.chunks = (ChunkRef(blob_id, len(data)),)
+            result.refs = [blob_id]
+            result.new_blobs, result.new_bytes = (1, written) if written else (0, 0)
+            if progress:
+                progress(len(data))
         return result
 
     def _build_tree(
@@ -219,3 +240,36 @@ class PayloadIO:
                 fut.cancel()
         if total != header.length:
             raise IntegrityError("payload length does not match its header")
+
+
+def _read_up_to(stream: BinaryIO, n: int) -> bytes:
+    """Read until ``n`` bytes or end of stream (a raw stream may return less)."""
+    parts, got = [], 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were already read: ``head``, then the rest."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[: len(data)] = data
+        return len(data)
