@@ -15,7 +15,6 @@ the staging under a commit.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -29,6 +28,7 @@ from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import Ref
 from fsobj.model.header import Posix
 from fsobj.store import PartitionView, Store, Version
+from fsobj.store.payload import IterStream
 
 Source = Callable[[], BinaryIO | bytes]
 
@@ -139,11 +139,11 @@ class OpenFile:
         reader = self.reader(store, view)
         if staging is None:
             # the payload is the base's (commits pass source=... then; a conflict copy reads it)
-            return lambda: _IterStream(reader.iter_range(0, reader.length)) if reader else b""
+            return lambda: IterStream(reader.iter_range(0, reader.length)) if reader else b""
         small = staging.memory_bytes()
         if small is not None:
             return lambda: small
-        return lambda: staging.whole_file() or _IterStream(_compose(staging, reader))
+        return lambda: staging.whole_file() or IterStream(_compose(staging, reader))
 
 
 def _compose(staging: Staging, reader: PayloadReader | None) -> Iterator[bytes]:
@@ -157,25 +157,3 @@ def _compose(staging: Staging, reader: PayloadReader | None) -> Iterator[bytes]:
         for pos in range(piece.start, piece.end, step):
             n = min(step, piece.end - pos)
             yield staging.read_dirty(pos, n) if piece.kind == DIRTY else bytes(n)
-
-
-class _IterStream(io.RawIOBase):
-    """A read-only stream over an iterator of byte strings."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buf:
-            try:
-                self._buf = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n

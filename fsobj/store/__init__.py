@@ -58,7 +58,7 @@ from fsobj.model.header import (
 from fsobj.store.partitions import INCOMPLETE, PartitionsMixin, PartitionView, now_us
 
 __all__ = ["INCOMPLETE", "MARKER", "ListEntry", "PartitionView", "Store", "Version", "check_store", "now_us"]
-from fsobj.store.payload import PayloadIO, Progress, WrittenPayload
+from fsobj.store.payload import IterStream, PayloadIO, Progress, WrittenPayload
 
 STORE_FORMAT = "fsobj-store"
 STORE_VERSION = 1
@@ -546,7 +546,7 @@ class Store(PartitionsMixin):
         if source is ...:
             # the key rotated since prev: re-encrypt its payload under the new epoch
             assert prev is not None
-            source = _IterReader(self.open_payload(prev))
+            source = IterStream(self.open_payload(prev))
         if isinstance(source, (bytes, bytearray, memoryview)):
             source = io.BytesIO(bytes(source))
         return self.payloads.write(source, keys, view.id, progress)  # type: ignore[arg-type]
@@ -740,28 +740,6 @@ class _Pending:
     new_key: str | None
     row: VersionRow
     refs: list[bytes]
-
-
-class _IterReader(io.RawIOBase):
-    """A read-only file object over an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
 
 
 def cbor_json(d: dict[str, object]) -> str:
