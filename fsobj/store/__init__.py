@@ -20,10 +20,11 @@ from __future__ import annotations
 import bisect
 import io
 import itertools
+import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,8 +65,6 @@ STORE_FORMAT = "fsobj-store"
 STORE_VERSION = 1
 MARKER = "fsobj-store.json"
 WORKERS = 6
-#: decrypted sort keys kept in memory (about 150 bytes each)
-NAME_CACHE_MAX = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,6 @@ class Store(PartitionsMixin):
         self.payloads = PayloadIO(self.blobs, self.pool)
         self.session = crypto.Session(identity, int(time.time()))
         self._views: dict[bytes, PartitionView] = {}
-        self._names: dict[tuple[bytes, int, bytes], str] = {}
         self._listing: dict[bytes, tuple[int, list[tuple]]] = {}
         self._lock = threading.Lock()
         self._tls = threading.local()
@@ -172,7 +170,7 @@ class Store(PartitionsMixin):
         marker = {"format": STORE_FORMAT, "version": STORE_VERSION, "store_id": os.urandom(16).hex()}
         tmp = root / (MARKER + ".tmp")
         with open(tmp, "w") as f:
-            f.write(cbor_json(marker))
+            f.write(_marker_json(marker))
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, root / MARKER)
@@ -306,14 +304,8 @@ class Store(PartitionsMixin):
         return b"".join(self.open_payload(version))
 
     def sort_key_of(self, view: PartitionView, epoch: int, sealed: bytes) -> str:
-        cache_key = (view.id, epoch, sealed)
-        name = self._names.get(cache_key)
-        if name is None:
-            name = view.epoch_keys(epoch).open_sort_key(view.id, sealed)
-            if len(self._names) >= NAME_CACHE_MAX:
-                self._names.clear()
-            self._names[cache_key] = name
-        return name
+        """Open one sealed sort key from the index (listings open them in bulk)."""
+        return view.epoch_keys(epoch).open_sort_key(view.id, sealed)
 
     def list(
         self,
@@ -742,16 +734,12 @@ class _Pending:
     refs: list[bytes]
 
 
-def cbor_json(d: dict[str, object]) -> str:
-    import json
-
+def _marker_json(d: dict[str, object]) -> str:
     return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
 
 def check_store(root: Path) -> dict[str, object]:
     """The store marker, or a clear error if ``root`` is not a store of a known format."""
-    import json
-
     marker = Path(root) / MARKER
     if not Path(root).is_dir():
         raise NotFoundError(f"store {root} does not exist")
@@ -768,6 +756,3 @@ def check_store(root: Path) -> dict[str, object]:
             f"{root}: store format version {doc.get('version')} is not supported (this fsobj reads {STORE_VERSION})"
         )
     return doc
-
-
-Callback = Callable[[int], None]
