@@ -253,7 +253,13 @@ class VersionHeader:
 
 def encode_header_blob(header: VersionHeader, integrity: bytes) -> bytes:
     """The plaintext of a header blob: the body plus the integrity signature."""
-    return cbor.encode({"body": header.body(), "integrity": integrity})
+    return header_blob_from_body(header.encode_body(), integrity)
+
+
+def header_blob_from_body(body_bytes: bytes, integrity: bytes) -> bytes:
+    """The same, from the body's canonical bytes already encoded for its hash:
+    the canonical map {"body", "integrity"} is those bytes between fixed parts."""
+    return b"\xa2\x64body" + body_bytes + b"\x69integrity" + cbor.encode(integrity)
 
 
 def decode_header_blob(plaintext: bytes, expected_hash: bytes) -> tuple[VersionHeader, bytes]:

@@ -53,7 +53,7 @@ from fsobj.model.header import (
     VersionHeader,
     check_sort_key,
     decode_header_blob,
-    encode_header_blob,
+    header_blob_from_body,
     verify_signatures,
 )
 from fsobj.store.partitions import INCOMPLETE, PartitionsMixin, PartitionView, now_us
@@ -554,9 +554,10 @@ class Store(PartitionsMixin):
         new_blobs: int | None,
         session: crypto.Session,
     ) -> Version:
-        hash_ = header.absolute_hash()
+        body = header.encode_body()  # encoded once: for the hash and for the blob
+        hash_ = crypto.hash_bytes(body)
         blob = crypto.seal_blob(
-            crypto.KIND_HEADER, keys, view.id, hash_, encode_header_blob(header, session.sign_integrity(hash_))
+            crypto.KIND_HEADER, keys, view.id, hash_, header_blob_from_body(body, session.sign_integrity(hash_))
         )
         sealed_key = keys.seal_sort_key(view.id, header.sort_key)
         row = VersionRow(
