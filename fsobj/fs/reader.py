@@ -59,6 +59,7 @@ class PayloadReader:
         self._offsets: list[int] = []
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._pending: dict[int, Future[bytes]] = {}
+        self._waiting: collections.Counter[int] = collections.Counter()  # readers awaiting a pending chunk
         self._last = -2
 
     # ------------------------------------------------------------ chunk list
@@ -103,7 +104,8 @@ class PayloadReader:
         return out[0] if len(out) == 1 else b"".join(out)
 
     async def _chunk(self, i: int) -> bytes:
-        sequential = abs(i - self._last) <= 2  # the kernel's read-ahead may ask slightly out of order
+        # the kernel's read-ahead keeps several reads in flight, answered out of order
+        sequential = self._last - READ_AHEAD <= i <= self._last + 2
         self._last = max(i, self._last) if sequential else i
         if sequential:
             self._read_ahead(i)
@@ -122,7 +124,13 @@ class PayloadReader:
             return data
         if fut is None:
             fut = self._pending[i] = self._submit(i)
-        data = await wait_future(fut)
+        self._waiting[i] += 1
+        try:
+            data = await wait_future(fut)
+        finally:
+            self._waiting[i] -= 1
+            if not self._waiting[i]:
+                del self._waiting[i]
         if self._pending.get(i) is fut:
             del self._pending[i]
         self._cache[i] = data
@@ -135,8 +143,8 @@ class PayloadReader:
         for j in range(i + 1, min(i + 1 + READ_AHEAD, len(self._refs))):
             if j not in self._cache and j not in self._pending:
                 self._pending[j] = self._submit(j)
-        for j in [j for j in self._pending if j < i - 2]:
-            self._pending.pop(j).cancel()
+        for j in [j for j in self._pending if j < i - READ_AHEAD and j not in self._waiting]:
+            self._pending.pop(j).cancel()  # read-ahead nobody asked for: the reader jumped away
 
     def close(self) -> None:
         for fut in self._pending.values():

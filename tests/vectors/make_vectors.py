@@ -76,8 +76,9 @@ def envelope_head(kind: int, alg: int, epoch: int) -> bytes:
     return b"FSOB" + bytes([1, kind, alg]) + epoch.to_bytes(4, "big")
 
 
-def seal_by_hand(kind: int, blob_key: bytes, epoch: int, nonce: bytes, pid: bytes, blob_id: bytes,
-                 plaintext: bytes) -> dict[str, str]:
+def seal_by_hand(
+    kind: int, blob_key: bytes, epoch: int, nonce: bytes, pid: bytes, blob_id: bytes, plaintext: bytes
+) -> dict[str, str]:
     head = envelope_head(kind, 1, epoch) + nonce
     ad = head + pid + blob_id
     blob = head + AESGCM(blob_key).encrypt(nonce, plaintext, ad)
@@ -201,14 +202,19 @@ def epoch_keys_section(epoch_key: bytes) -> dict[str, Any]:
         "cdc_seed": int.from_bytes(d("fsobj 2026-11 v1 chunker seed", 4), "big"),
     }
     k = crypto.EpochKeys.from_epoch_key(0, epoch_key)
-    assert (k.blob_key.hex(), k.chunk_id_key.hex(), k.chunk_list_id_key.hex(), k.sort_key_key.hex(),
-            k.cdc_seed) == (out["blob_key"], out["chunk_id_key"], out["chunk_list_id_key"], out["sort_key_key"],
-                            out["cdc_seed"])
+    assert (k.blob_key.hex(), k.chunk_id_key.hex(), k.chunk_list_id_key.hex(), k.sort_key_key.hex(), k.cdc_seed) == (
+        out["blob_key"],
+        out["chunk_id_key"],
+        out["chunk_list_id_key"],
+        out["sort_key_key"],
+        out["cdc_seed"],
+    )
     return out
 
 
-def wrap_by_hand(recipient: crypto.PublicIdentity, eph_priv: bytes, pid: bytes, epoch: int,
-                 epoch_key: bytes) -> dict[str, str]:
+def wrap_by_hand(
+    recipient: crypto.PublicIdentity, eph_priv: bytes, pid: bytes, epoch: int, epoch_key: bytes
+) -> dict[str, str]:
     eph = X25519PrivateKey.from_private_bytes(eph_priv)
     eph_pub = raw_pub(eph)
     shared = eph.exchange(X25519PublicKey.from_public_bytes(recipient.kx_pub))
@@ -245,8 +251,12 @@ def chunking_section(seeds: list[int]) -> dict[str, Any]:
         "mask_s": "0x0000d91747537000",
         "mask_l": "0x0000d90707537000",
         "gear_table_blake3": blake3.blake3(struct.pack("<256Q", *GEAR)).hexdigest(),
-        "buffer": {"blake3_xof_key": xof_key.hex(), "input": "", "length": CHUNK_BUFFER_LEN,
-                   "blake3": blake3.blake3(buf).hexdigest()},
+        "buffer": {
+            "blake3_xof_key": xof_key.hex(),
+            "input": "",
+            "length": CHUNK_BUFFER_LEN,
+            "blake3": blake3.blake3(buf).hexdigest(),
+        },
         "cases": cases,
     }
 
@@ -320,8 +330,14 @@ def build() -> dict[str, Any]:
     assert chunk_id == keys.chunk_id(payload)
     chunk_env = seal_by_hand(1, keys.blob_key, 0, fixed("chunk nonce", 12), pid, chunk_id, payload)
     assert crypto.open_blob(bytes.fromhex(chunk_env["blob"]), 1, keys, pid, chunk_id) == payload
-    out["chunk"] = {"kind": 1, "epoch": 0, "partition_id": pid.hex(), "plaintext": payload.hex(),
-                    "chunk_id": chunk_id.hex(), **chunk_env}
+    out["chunk"] = {
+        "kind": 1,
+        "epoch": 0,
+        "partition_id": pid.hex(),
+        "plaintext": payload.hex(),
+        "chunk_id": chunk_id.hex(),
+        **chunk_env,
+    }
 
     # ---- sealed sort key
     sort_key = "docs/readme.txt"
@@ -338,9 +354,14 @@ def build() -> dict[str, Any]:
     assert node_id == keys.payload_blob_id(crypto.KIND_CHUNK_LIST, node) != keys.chunk_id(node)
     node_env = seal_by_hand(3, keys.blob_key, 0, fixed("chunk list nonce", 12), pid, node_id, node)
     assert crypto.open_blob(bytes.fromhex(node_env["blob"]), 3, keys, pid, node_id) == node
-    out["chunk_list"] = {"kind": 3, "entries": [[c.id.hex(), c.length] for c in entries], "plaintext": node.hex(),
-                         "blob_id": node_id.hex(), "chunk_id_of_same_bytes": keys.chunk_id(node).hex(),
-                         **node_env}
+    out["chunk_list"] = {
+        "kind": 3,
+        "entries": [[c.id.hex(), c.length] for c in entries],
+        "plaintext": node.hex(),
+        "blob_id": node_id.hex(),
+        "chunk_id_of_same_bytes": keys.chunk_id(node).hex(),
+        **node_env,
+    }
 
     # ---- partition record (seq 2: alice owner, bob writer, epoch 0)
     name_sealed_env = seal_by_hand(4, keys.blob_key, 0, fixed("name_sealed nonce", 12), pid, b"", ido_cbor)
@@ -373,8 +394,9 @@ def build() -> dict[str, Any]:
     record_plain = cbor.encode({"body": record_body, "sig": record_sig})
     record_blob = envelope_head(4, 0, 0) + record_plain
     record_id = blake3.blake3(record_blob).digest()
-    rec = PartitionRecord(pid, 2, 1767225660000000, alice.public, name_sealed, [Member(bob.public, "write")],
-                          [wrap_of], history)
+    rec = PartitionRecord(
+        pid, 2, 1767225660000000, alice.public, name_sealed, [Member(bob.public, "write")], [wrap_of], history
+    )
     assert rec.body() == record_body and rec.signed_blob(alice) == record_blob
     PartitionRecord.from_blob(record_blob, record_id)
     out["partition_record"] = {
@@ -415,8 +437,7 @@ def build() -> dict[str, Any]:
             "chunks": [] if tomb else [[chunk_id, len(payload)]],
             "tree": None,
             "tombstone": tomb,
-            "posix": {"type": "file", "mode": 0o644, "uid": 1000, "gid": 1000,
-                      "mtime": 1767225000123456789, "rdev": 0},
+            "posix": {"type": "file", "mode": 0o644, "uid": 1000, "gid": 1000, "mtime": 1767225000123456789, "rdev": 0},
             "epoch": 0,
             "acl": acl,
             "session": session,
@@ -433,21 +454,23 @@ def build() -> dict[str, Any]:
         h2, integ2 = decode_header_blob(crypto.open_blob(bytes.fromhex(env["blob"]), 2, keys, pid, abs_hash), abs_hash)
         verify_signatures(h2, abs_hash, integ2, author.public.sign_pub)
         assert author.user_id in rec.writers_at(acl)
-        versions.append({
-            "absolute_hash_bytes": abs_hash,
-            "author_name": author.name,
-            "session_private_seed": fixed(f"{author.name} session key seed").hex(),
-            "session_message": session_msg.hex(),
-            "body": tagged(body),
-            "body_cbor": body_cbor.hex(),
-            "absolute_hash": abs_hash.hex(),
-            "base_hash": h.base_hash(abs_hash).hex(),
-            "integrity_message": integrity_msg.hex(),
-            "integrity": integrity.hex(),
-            "plaintext": plain.hex(),
-            "kind": 2,
-            **env,
-        })
+        versions.append(
+            {
+                "absolute_hash_bytes": abs_hash,
+                "author_name": author.name,
+                "session_private_seed": fixed(f"{author.name} session key seed").hex(),
+                "session_message": session_msg.hex(),
+                "body": tagged(body),
+                "body_cbor": body_cbor.hex(),
+                "absolute_hash": abs_hash.hex(),
+                "base_hash": h.base_hash(abs_hash).hex(),
+                "integrity_message": integrity_msg.hex(),
+                "integrity": integrity.hex(),
+                "plaintext": plain.hex(),
+                "kind": 2,
+                **env,
+            }
+        )
         prev_hash = abs_hash
     for v in versions:
         del v["absolute_hash_bytes"]
