@@ -53,6 +53,7 @@ class Committer:
         self._queue: dict[int, OpenFile] = {}
         self._queued_bytes = 0  # staged bytes at submit time (an estimate: writes may follow)
         self._removals: dict[bytes, bytes] = {}  # baseHash -> partition id: tombstones to write
+        self._writing: dict[bytes, bytes] = {}  # the same, for tombstones being written now
         self._files_lock = trio.Lock()  # held while a batch of files commits (drain waits for it)
         self._removals_lock = trio.Lock()  # the same for tombstones
         self._wake = trio.Event()
@@ -70,10 +71,12 @@ class Committer:
         self._queue.pop(of.ino, None)
 
     def removing(self, base_hash: bytes) -> bool:
-        return base_hash in self._removals
+        return base_hash in self._removals or base_hash in self._writing
 
     def removals_of(self, pid: bytes) -> list[bytes]:
-        return [b for b, p in self._removals.items() if p == pid]
+        """Unlinked here, tombstone not committed yet (queued or being written): a listing
+        of the index taken meanwhile still shows these."""
+        return [b for pending in (self._removals, self._writing) for b, p in pending.items() if p == pid]
 
     def submit_removal(self, pid: bytes, base_hash: bytes) -> None:
         """Queue the tombstone of an object already gone from the mount's tree."""
@@ -117,12 +120,14 @@ class Committer:
         async with self._removals_lock:
             while self._removals:
                 batch = [(pid, base) for base, pid in self._removals.items()]
-                self._removals.clear()
+                self._writing, self._removals = self._removals, {}
                 try:
                     with trio.CancelScope(shield=True):
                         await self.remove_many(batch)
                 except Exception:
                     log.exception("group commit of %d tombstones failed", len(batch))
+                finally:
+                    self._writing = {}
 
     async def drain(self) -> None:
         """Commit everything queued now (and wait for batches already committing):

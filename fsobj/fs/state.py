@@ -163,12 +163,9 @@ class MountState:
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
 
-    async def _work(self, fn: Callable[..., tuple[T, int]], *args: Any) -> work.Done[T]:
-        """Run one logical store operation in a worker thread; note whose commits moved the index."""
-        done: work.Done[T] = await self._thread(work.run, self.store, fn, *args)
-        if done.gen_before == self._gen and done.gen_after == self._gen + done.txns:
-            self._gen = done.gen_after  # only our own transactions: the trees are current
-        return done
+    async def _work(self, fn: Callable[..., T], *args: Any) -> work.Done[T]:
+        """Run one logical store operation in a worker thread."""
+        return await self._thread(work.run, self.store, fn, *args)
 
     async def _version(self, h: bytes, view: PartitionView | None = None) -> Version:
         v = self.versions.get(h)
@@ -215,7 +212,15 @@ class MountState:
         if not force and now < self._next_check:
             return
         self._next_check = now + self.opts.refresh_interval
-        if force or self.store.generation() != self._gen:
+        if force:
+            await self._reload()
+            return
+        gen = self.store.generation()
+        if gen == self._gen:
+            return
+        if self.store.only_own_commits(self._gen, gen):
+            self._gen = gen  # our own transactions: each applies its versions to the trees itself
+        else:
             await self._reload()
 
     async def _reload(self) -> None:

@@ -10,8 +10,9 @@ touches the mount's in-memory state (tree, inodes, open files): that belongs
 to the trio thread, which applies the returned versions.
 
 Each call returns a :class:`Done`: the result plus the index generation
-before and after, so the caller can tell whether only its own transactions
-happened in between (then its in-memory tree is still current).
+after it, which orders it against a listing taken meanwhile. Whether the
+index moved only by the mount's own transactions is the store's to tell
+(``Store.only_own_commits``).
 """
 
 from __future__ import annotations
@@ -41,16 +42,13 @@ Change = Callable[[Posix, tuple[tuple[str, str], ...]], tuple[Posix, tuple[tuple
 @dataclass
 class Done(Generic[T]):
     value: T
-    gen_before: int
     gen_after: int
-    txns: int
 
 
-def run(store: Store, fn: Callable[..., tuple[T, int]], *args: Any) -> Done[T]:
-    """Run ``fn(store, *args) -> (value, transactions)`` and note the generations around it."""
-    before = store.generation()
-    value, txns = fn(store, *args)
-    return Done(value, before, store.generation(), txns)
+def run(store: Store, fn: Callable[..., T], *args: Any) -> Done[T]:
+    """Run ``fn(store, *args)`` and note the generation after it."""
+    value = fn(store, *args)
+    return Done(value, store.generation())
 
 
 @contextlib.contextmanager
@@ -86,7 +84,7 @@ class DataJob:
     stream: PayloadStream | None = None  # the payload already written while the file was written
 
 
-def commit_data(store: Store, job: DataJob) -> tuple[Version, int]:
+def commit_data(store: Store, job: DataJob) -> Version:
     """One new version of an open file (``ConflictError`` if its series moved on)."""
     source: object = _streamed(store, job)
     if source is None:
@@ -101,7 +99,7 @@ def commit_data(store: Store, job: DataJob) -> tuple[Version, int]:
             headers=job.headers,
             exclusive=job.prev is None,
         )
-    return v, 1
+    return v
 
 
 def _streamed(store: Store, job: DataJob) -> WrittenPayload | None:
@@ -127,14 +125,14 @@ def _closing(source: object) -> Iterator[None]:
             close()
 
 
-def commit_batch(store: Store, jobs: list[DataJob]) -> tuple[list[Version], int]:
+def commit_batch(store: Store, jobs: list[DataJob]) -> list[Version]:
     """Several open files in one transaction; ``ConflictError`` (nothing committed) if any lost a race."""
-    with batch(store) as grouped:
-        versions = [commit_data(store, job)[0] for job in jobs]
-    return versions, (1 if grouped else len(versions))
+    with batch(store):
+        versions = [commit_data(store, job) for job in jobs]
+    return versions
 
 
-def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> tuple[Version, int]:
+def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> Version:
     """Commit the writer's data as a new object ``<key>.conflict-<hash8>`` next to the file."""
     tag = winner or (job.prev.hash if job.prev is not None else os.urandom(32))
     source = job.source()
@@ -147,18 +145,18 @@ def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> tuple[Ver
             posix=job.posix,
             headers=job.headers,
         )
-    return v, 1
+    return v
 
 
-def update_meta(store: Store, view: PartitionView, base_hash: bytes, change: Change) -> tuple[Version | None, int]:
+def update_meta(store: Store, view: PartitionView, base_hash: bytes, change: Change) -> Version | None:
     """A metadata version (same payload) of the series' current head; None if nothing changes."""
     for attempt in range(RETRIES):
         prev = head(store, view, base_hash)
         posix, headers = change(prev.header.posix, prev.header.headers)
         if posix == prev.header.posix and headers == prev.header.headers:
-            return None, 0
+            return None
         try:
-            return store.commit(view, prev, posix=posix, headers=headers), 1
+            return store.commit(view, prev, posix=posix, headers=headers)
         except ConflictError:
             if attempt == RETRIES - 1:
                 raise
@@ -172,10 +170,10 @@ def create(
     payload: bytes,
     posix: Posix,
     headers: tuple[tuple[str, str], ...] = (),
-) -> tuple[Version, int]:
+) -> Version:
     """A new object; ``ConflictError`` if a live object took the sort key meanwhile."""
     v = store.commit(view, None, sort_key=sort_key, source=payload, posix=posix, headers=headers, exclusive=True)
-    return v, 1
+    return v
 
 
 # ---------------------------------------------------------------- namespace changes
@@ -192,7 +190,7 @@ class Namespace:
     heads: dict[bytes, Version] = field(default_factory=dict)  # the heads as the mount knows them (hints)
 
 
-def change_names(store: Store, ns: Namespace) -> tuple[list[Version], int]:
+def change_names(store: Store, ns: Namespace) -> list[Version]:
     """Apply ``ns`` in one transaction (retrying if a head moved underneath)."""
     for attempt in range(RETRIES):
         try:
@@ -204,7 +202,7 @@ def change_names(store: Store, ns: Namespace) -> tuple[list[Version], int]:
     raise AssertionError("unreachable")
 
 
-def _change_names_once(store: Store, ns: Namespace, hints: dict[bytes, Version]) -> tuple[list[Version], int]:
+def _change_names_once(store: Store, ns: Namespace, hints: dict[bytes, Version]) -> list[Version]:
     """One attempt. A hinted head is used without re-reading it: if it is not the head
     any more, the commit's own check (the optimistic lock) fails and the retry reads."""
     out: list[Version] = []
@@ -214,7 +212,7 @@ def _change_names_once(store: Store, ns: Namespace, hints: dict[bytes, Version])
         return hints.get(base_hash) or head(store, view, base_hash)
 
     single = len(ns.moves) + len(ns.removals) + len(ns.markers) == 1  # one version: no batch (no syncfs)
-    with contextlib.nullcontext(False) if single else batch(store) as grouped:
+    with contextlib.nullcontext(False) if single else batch(store):
         for base_hash in ns.removals:
             prev = prev_of(base_hash)
             if not prev.tombstone:
@@ -226,4 +224,4 @@ def _change_names_once(store: Store, ns: Namespace, hints: dict[bytes, Version])
             # not exclusive: if another writer made the same marker meanwhile, two markers
             # of one directory are harmless (the tree uses the first)
             out.append(store.commit(view, None, sort_key=key, source=b"", posix=posix))
-    return out, (1 if grouped else len(out))
+    return out

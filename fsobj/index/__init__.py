@@ -26,6 +26,7 @@ from fsobj.index.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 __all__ = ["FeedRow", "HeadRow", "Index", "MessageRow", "PartitionRow", "VersionRow"]
 
 BUSY_TIMEOUT_MS = 60_000
+OWN_GENERATIONS_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class Index(FeedQueries):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._own: set[int] = set()  # generations our own transactions produced
+        self._own_lock = threading.Lock()
 
     # ------------------------------------------------------------ connections
     @property
@@ -163,14 +166,30 @@ class Index(FeedQueries):
         """
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
+        gen = None
         try:
             yield
             if bump:
-                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                gen = conn.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation' RETURNING value"
+                ).fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if gen is not None:
+            with self._own_lock:
+                if len(self._own) > OWN_GENERATIONS_MAX:
+                    self._own.clear()  # nobody asks: forget (the worst outcome is one needless reload)
+                self._own.add(int(gen))
+
+    def only_own_commits(self, since: int, now: int) -> bool:
+        """Whether every generation in (since, now] was made through this object (no other
+        process or Index committed in between). Forgets generations up to ``now``."""
+        with self._own_lock:
+            mine = all(g in self._own for g in range(since + 1, now + 1))
+            self._own = {g for g in self._own if g > now}
+        return mine
 
     def get_meta(self, key: str) -> str | None:
         rows = self.q("SELECT value FROM meta WHERE key = ?", [key])

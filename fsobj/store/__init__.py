@@ -237,6 +237,10 @@ class Store(PartitionsMixin):
         """A counter that changes whenever any process commits to the store."""
         return self.index.generation()
 
+    def only_own_commits(self, since: int, now: int) -> bool:
+        """Whether the generations (since, now] were all made by this Store object."""
+        return self.index.only_own_commits(since, now)
+
     def head(self, base_hash: bytes) -> Version:
         """The newest version of a series (tombstones included), verified."""
         row = self.index.head(base_hash)
