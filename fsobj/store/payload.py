@@ -86,11 +86,12 @@ class PayloadIO:
         chunker's minimum size is one chunk: it is stored in the calling thread,
         without the two thread hand-offs (small files are the common case).
         """
-        if stream is not None:
-            head = _read_up_to(stream, chunking.MIN_SIZE + 1)
-            if len(head) <= chunking.MIN_SIZE:
-                return self._write_small(bytes(head), keys, pid, progress)
-            stream = _Prefixed(bytes(head), stream)  # type: ignore[assignment]
+        if stream is None:
+            return self._write_small(b"", keys, pid, progress)  # a tombstone: nothing to store
+        head = _read_up_to(stream, chunking.MIN_SIZE + 1)
+        if len(head) <= chunking.MIN_SIZE:
+            return self._write_small(bytes(head), keys, pid, progress)
+        stream = _Prefixed(bytes(head), stream)  # type: ignore[assignment]
         hasher = crypto.new_hasher()
         pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
         result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
@@ -107,19 +108,17 @@ class PayloadIO:
                     result.new_bytes += written
 
         try:
-            if stream is not None:
-                for data in chunking.split_stream(stream, keys.cdc_seed):
-                    checksums.append(self.checksum_pool.submit(hasher.update, data))
-                    while len(checksums) > WINDOW:  # bound the memory queued for the checksum
-                        checksums.popleft().result()
-                    result.length += len(data)
-                    pending.append((len(data), self.pool.submit(self._store, crypto.KIND_CHUNK, keys, pid, data)))
-                    drain(WINDOW)
-                    if progress:
-                        progress(len(data))
+            for data in chunking.split_stream(stream, keys.cdc_seed):
+                checksums.append(self.checksum_pool.submit(hasher.update, data))
+                while len(checksums) > WINDOW:  # bound the memory queued for the checksum
+                    checksums.popleft().result()
+                result.length += len(data)
+                pending.append((len(data), self.pool.submit(self._store, crypto.KIND_CHUNK, keys, pid, data)))
+                drain(WINDOW)
+                if progress:
+                    progress(len(data))
             drain(0)
-            if stream is not None and result.length:
-                checksums[-1].result()  # FIFO: every earlier update is done too
+            checksums[-1].result()  # FIFO: every earlier update is done too
         finally:
             for _, fut in pending:  # on error: wait so no worker writes after we return
                 fut.cancel()
