@@ -165,6 +165,39 @@ def test_two_mounts_see_each_others_changes_and_a_conflict_keeps_both(world: Wor
     wait_for(lambda: not (b.part / "dir" / "x").exists(), what="b to see a's rm")
 
 
+def test_kernel_caches_are_invalidated_when_another_mount_changes_things(world: World) -> None:  # noqa: F811
+    """Mount b keeps names and attributes in the kernel for 30 s (the default), yet sees
+    mount a's changes within seconds: the daemon tells the kernel what went stale."""
+    a = world.mount("a", "refresh=0.2")
+    b = world.mount("b", "refresh=0.2")
+    write_synced(a.part / "f.txt", b"first\n")
+    (a.part / "d" / "e").mkdir(parents=True)
+    write_synced(a.part / "d" / "e" / "inner.txt", b"inner\n")
+    write_synced(a.part / "old-name", b"moving\n")
+    wait_for(lambda: (b.part / "old-name").exists(), what="b to see a's files")
+    # b looks everything up and reads it: names, attributes and pages are now cached by b's kernel
+    assert (b.part / "f.txt").read_bytes() == b"first\n"
+    assert (b.part / "d" / "e" / "inner.txt").read_bytes() == b"inner\n"
+    assert os.stat(b.part / "f.txt").st_size == 6
+    before = os.stat(b.part / "f.txt").st_ino
+
+    write_synced(a.part / "f.txt", b"second, longer\n")
+    wait_for(lambda: os.stat(b.part / "f.txt").st_size == 15, what="b's kernel to drop the old size")
+    assert (b.part / "f.txt").read_bytes() == b"second, longer\n"  # not the cached page
+    assert os.stat(b.part / "f.txt").st_ino == before  # same object, same inode
+
+    os.rename(a.part / "old-name", a.part / "new-name")
+    sync_dir(a.part)
+    wait_for(lambda: not (b.part / "old-name").exists(), what="b to see the old name go")
+    assert (b.part / "new-name").read_bytes() == b"moving\n"
+
+    shutil.rmtree(a.part / "d")
+    sync_dir(a.part)
+    wait_for(lambda: not (b.part / "d").exists(), what="b to see the directory go")
+    assert not (b.part / "d" / "e" / "inner.txt").exists()
+    assert "f.txt" in os.listdir(b.part)
+
+
 def test_a_partition_shared_read_only_cannot_be_changed(world: World, tmp_path: Path) -> None:  # noqa: F811
     bob_file = tmp_path / "bob.json"
     identity_files.create(bob_file, "bob", PASSPHRASE)

@@ -28,7 +28,7 @@ import trio
 from fsobj import crypto
 from fsobj.errors import UsageError
 from fsobj.fs.filesystem import Filesystem, Options
-from fsobj.fs.ops import Operations
+from fsobj.fs.ops import Operations, notify_kernel
 from fsobj.store import Store, check_store
 
 log = logging.getLogger("fsobj.fs")
@@ -254,8 +254,10 @@ def serve(config: MountConfig, identity: crypto.Identity, ready: Callable[[], No
 
 async def _main(fs: Filesystem, ready: Callable[[], None] | None) -> None:
     await fs.start()
+    fs.notify = notify_kernel
     async with trio.open_nursery() as nursery:
         await nursery.start(fs.committer.run)
+        await nursery.start(fs.watch)
         nursery.start_soon(_on_signals, fs)
         if ready is not None:
             ready()

@@ -5,7 +5,7 @@ of each (pyfuse3 "Inode lifetime"). A node is named by a *node key*, a tuple:
 
     ("root",)                 the mount root (inode 1)
     ("dir", pid, path)        a directory of a partition; path "" is the partition root
-    ("obj", ref)              an object: ref = baseHash, or an int for a file
+    ("obj", pid, ref)         an object: ref = baseHash, or an int for a file
                               created through the mount and not committed yet
     ("vdir", pid, path)       a directory under <partition>/.versions ("" = .versions)
     ("ver", absoluteHash)     one version, read-only (.versions and .objects files)

@@ -65,6 +65,20 @@ def _loggable(a: Any) -> bool:
     return isinstance(a, (int, str, bytes))
 
 
+def notify_kernel(stale: list[tuple[int, str | None]]) -> None:
+    """Blocking (run it in a thread): drop the kernel's cached attributes and data of
+    ``(inode, None)`` and its cached names ``(directory inode, name)``."""
+    for ino, name in stale:
+        try:
+            if name is None:
+                pyfuse3.invalidate_inode(ino)
+            else:
+                pyfuse3.invalidate_entry(ino, os.fsencode(name))
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the kernel did not have it
+                log.debug("invalidating %s %r: %s", ino, name, e)
+
+
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = attr.ino

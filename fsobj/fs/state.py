@@ -4,8 +4,10 @@ Owns: the partitions shown in the mount root and their trees (``fsobj.fs.tree``)
 the inode table, open files and handles, the cache of verified versions, and
 how a node's attributes are computed. Keeps the trees current: our own commits
 are applied in place (:meth:`MountState._apply`); changes made by others
-(another mount, the CLI) are noticed through the index generation counter and
-rebuild the trees (:meth:`MountState.refresh`). The operations themselves live
+(another mount, the CLI) are noticed through the index generation counter
+(by requests and by a background task, :meth:`MountState.watch`), rebuild the
+trees (:meth:`MountState.refresh`), and what the kernel cached of the changed
+nodes and names is invalidated (``notify``, set by the daemon). The operations themselves live
 in ``lookup``, ``files``, ``meta`` and ``names``; the concurrency rules are in
 ``fsobj.fs.filesystem``.
 """
@@ -28,12 +30,13 @@ import trio
 
 from fsobj.fs import work
 from fsobj.fs.committer import Committer
-from fsobj.fs.inodes import InodeTable, NodeKey
+from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
 from fsobj.fs.tree import (
     HistoryTree,
     PartitionTree,
     Ref,
+    changed_names,
 )
 from fsobj.model.header import Posix
 from fsobj.store import ListEntry, PartitionView, Store, Version
@@ -41,6 +44,7 @@ from fsobj.store import ListEntry, PartitionView, Store, Version
 log = logging.getLogger("fsobj.fs")
 
 T = TypeVar("T")
+Stale = tuple[int, str | None]  # (inode, None): its attributes and data; (directory inode, name): that name
 
 TYPE_BITS = {
     "file": stat.S_IFREG,
@@ -78,7 +82,7 @@ class Options:
     spill_dir: str | None = None  # where staging spills to disk (0700, outside the store)
     uid: int = field(default_factory=os.getuid)  # owner shown for directories without a marker
     gid: int = field(default_factory=os.getgid)
-    attr_timeout: float = 1.0  # kernel cache of attributes and names of live objects
+    attr_timeout: float = 30.0  # kernel cache of attributes and names (others' changes invalidate them)
     refresh_interval: float = 1.0  # how often the index generation is checked for others' changes
     threads: int = 8
     commit_window: float = 0.0  # group commit: closed files wait up to this long to commit together
@@ -159,6 +163,10 @@ class MountState:
         self._next_fh = 1
         self._next_ref = 1
         self._recent: collections.deque[tuple[int, bytes, ListEntry]] = collections.deque(maxlen=4096)
+        # set by the daemon: tells the kernel to drop cached nodes and names (blocking; in a thread)
+        self.notify: Callable[[list[Stale]], None] | None = None
+        self._stale: list[Stale] = []
+        self._stale_wake = trio.Event()
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
@@ -228,13 +236,65 @@ class MountState:
             return self.store.generation(), self.store.partitions()
 
         gen, views = await self._thread(load)
-        old, self.parts, self.names = self.parts, {}, {}
+        old, old_names, self.parts, self.names = self.parts, self.names, {}, {}
+        before = {pid: (ps.tree, dict(ps.heads)) for pid, ps in old.items() if ps.tree is not None}
         for view in views:
             ps = old.get(view.id) or PartState(view, "")
             ps.view, ps.name, ps.tree, ps.history = view, self._display_name(view), None, None
             self.parts[view.id] = ps
             self.names[ps.name] = view.id
         self._gen = gen
+        if self.notify is None:
+            return
+        stale: list[Stale] = [(ROOT_INODE, None)]
+        stale += [(ROOT_INODE, name) for name, pid in old_names.items() if self.names.get(name) != pid]
+        for pid, (old_tree, old_heads) in before.items():
+            ps = self.parts.get(pid)
+            if ps is not None:
+                stale += self._stale_in(ps, old_tree, old_heads, await self._tree(ps))
+        self._stale.extend(stale)
+        self._stale_wake.set()
+
+    def _stale_in(
+        self, ps: PartState, old: PartitionTree, old_heads: dict[bytes, ListEntry], new: PartitionTree
+    ) -> list[Stale]:
+        """What the kernel may cache of one partition that others' commits changed: the
+        attributes and data of changed objects, and names that are gone or mean another node."""
+        changed = [
+            b
+            for b in old_heads.keys() | ps.heads.keys()
+            if (e := old_heads.get(b)) is None or (f := ps.heads.get(b)) is None or e.head_hash != f.head_hash
+        ]
+        if not changed:
+            return []
+        out: list[Stale] = []
+        for b in changed:
+            ino = self.inodes.find(("obj", ps.pid, b))
+            if ino is not None:
+                out.append((ino, None))
+        for path, name in changed_names(old, new, changed):
+            ino = self.inodes.find(("dir", ps.pid, path))
+            if ino is not None:
+                out += [(ino, None), (ino, name)]
+        return out
+
+    async def watch(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background task: check for others' changes every ``refresh_interval`` even when the
+        kernel asks nothing (its caches answer), and tell the kernel what went stale."""
+        task_status.started()
+        while True:
+            with trio.move_on_after(self.opts.refresh_interval):
+                await self._stale_wake.wait()
+            self._stale_wake = trio.Event()
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("checking the store for changes failed")
+            if self._stale and self.notify is not None:
+                batch, self._stale = self._stale, []
+                # in a thread: the kernel may hold an invalidation until a request in progress
+                # on that node is answered, which needs this event loop
+                await trio.to_thread.run_sync(self.notify, batch, abandon_on_cancel=True)
 
     def _display_name(self, view: PartitionView) -> str:
         name = view.name or view.id.hex()[:16]

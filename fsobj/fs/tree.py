@@ -309,6 +309,34 @@ class PartitionTree:
         return len(d.subdirs) if d is not None else 0
 
 
+def changed_names(old: PartitionTree, new: PartitionTree, refs: Iterable[Ref]) -> set[tuple[str, str]]:
+    """The (directory, name) entries of ``old`` that mean something else in ``new`` (gone, or
+    now another object or a directory), in the directories where ``refs`` were or are, and
+    their ancestors: what the kernel may have cached that a change to ``refs`` made stale."""
+    dirs: set[str] = set()
+    for ref in refs:
+        for tree in (old, new):
+            sort_key = tree.keys.get(ref)
+            if sort_key is None:
+                continue
+            p = place(sort_key)
+            path = p.dir if p.marker else p.parent
+            while path not in dirs:
+                dirs.add(path)
+                if not path:
+                    break
+                path = split(path)[0]
+    out = set()
+    for path in dirs:
+        was, now = old.dirs.get(path), new.dirs.get(path)
+        after = now.names() if now is not None else {}
+        for name, child in (was.names() if was is not None else {}).items():
+            c = after.get(name)
+            if c is None or c.is_dir != child.is_dir or c.ref != child.ref:
+                out.add((path, name))
+    return out
+
+
 def moved_key(sort_key: str, old_dir: str, new_dir: str) -> str:
     """The sort key of an object under ``old_dir`` once that directory is renamed to ``new_dir``."""
     assert sort_key.startswith(old_dir + "/"), (sort_key, old_dir)
