@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+import random
+from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -243,3 +246,143 @@ def test_encoder_refuses_integers_out_of_range():
 def test_bools_are_not_integers():
     assert cbor.encode(True) == b"\xf5" and cbor.encode(1) == b"\x01"
     assert cbor.decode(b"\xf5") is True and cbor.decode(b"\xf4") is False and cbor.decode(b"\xf6") is None
+
+
+# ---------------------------------------------------------------- fast encoder vs a reference encoder
+
+
+def ref_encode(v: Any) -> bytes:
+    """A straightforward RFC 8949 core deterministic encoder, independent of fsobj.model.cbor."""
+
+    def head(major: int, n: int) -> bytes:
+        for limit, info, width in ((24, n, 0), (1 << 8, 24, 1), (1 << 16, 25, 2), (1 << 32, 26, 4), (1 << 64, 27, 8)):
+            if n < limit:
+                return bytes([major << 5 | info]) + (n.to_bytes(width, "big") if width else b"")
+        raise ValueError("integer too large for CBOR")
+
+    if v is None or isinstance(v, bool):
+        return {None: b"\xf6", False: b"\xf4", True: b"\xf5"}[v]
+    if isinstance(v, int):
+        return head(0, v) if v >= 0 else head(1, -1 - v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return head(2, len(bytes(v))) + bytes(v)
+    if isinstance(v, str):
+        return head(3, len(v.encode())) + v.encode()
+    if isinstance(v, (list, tuple)):
+        return head(4, len(v)) + b"".join(ref_encode(x) for x in v)
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise TypeError("CBOR map keys must be text strings")
+        pairs = sorted((ref_encode(k), ref_encode(x)) for k, x in v.items())
+        pairs.sort(key=lambda kv: len(kv[0]))  # stable: bytewise within equal lengths
+        return head(5, len(pairs)) + b"".join(k + x for k, x in pairs)
+    raise TypeError(type(v).__name__)
+
+
+_BOUNDARIES = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+boundary_ints = st.sampled_from(_BOUNDARIES + [-1 - n for n in _BOUNDARIES]) | ints
+_LENGTHS = [0, 1, 23, 24, 255, 256, 65535, 65536]
+boundary_bytes = st.sampled_from(_LENGTHS).map(lambda n: bytes(range(256)) * (n // 256) + bytes(n % 256))
+boundary_text = st.sampled_from(_LENGTHS).map(lambda n: "x" * n) | st.text(max_size=40)
+# few distinct key names, so the same key sets recur (in different insertion orders) and hit the key cache
+map_keys = st.sampled_from(["", "a", "b", "aa", "type", "v", "seq", "é", "\U0001f600", "x" * 23, "x" * 24]) | st.text(
+    max_size=30
+)
+fast_scalars = st.none() | st.booleans() | boundary_ints | boundary_bytes | boundary_text
+fast_values = st.recursive(
+    fast_scalars,
+    lambda children: (
+        st.lists(children, max_size=30)
+        | st.lists(children, max_size=5).map(tuple)
+        | st.dictionaries(map_keys, children, max_size=30)
+    ),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fast_values)
+def test_encoder_matches_reference_encoder(v):
+    assert cbor.encode(v) == ref_encode(v)
+    assert cbor.encode(v) == ref_encode(v)  # again, now with every key set cached
+
+
+def test_encoder_matches_reference_for_boundary_ints_and_lengths():
+    for n in _BOUNDARIES:
+        for v in (n, -1 - n, [n, -1 - n], {"k": n}):
+            assert cbor.encode(v) == ref_encode(v)
+    for n in [*_LENGTHS, 2**16 + 1]:
+        for v in (b"\xab" * n, "y" * n, bytearray(n), memoryview(b"z" * n), [0] * n, {f"{i:06d}": i for i in range(n)}):
+            if not isinstance(v, dict) or n <= 300:
+                assert cbor.encode(v) == ref_encode(v)
+
+
+def test_encoder_key_cache_many_key_sets_and_eviction():
+    rng = random.Random(1234)
+    names = ["a", "b", "c", "aa", "bb", "ab", "type", "mode", "seq", "\xe9", "z" * 24, ""]
+    for _ in range(3 * cbor._KEY_ORDERS_MAX):
+        d = {
+            k: rng.choice([0, 24, -25, 2**40, b"", "s", None, True, [1]]) for k in rng.sample(names, rng.randint(0, 9))
+        }
+        d[str(rng.randrange(10**6))] = False  # many distinct key sets, so the cache fills and is emptied
+        assert cbor.encode(d) == ref_encode(d)
+        assert cbor.encode([d, d]) == ref_encode([d, d])
+    assert len(cbor._KEY_ORDERS) <= cbor._KEY_ORDERS_MAX
+    big = {f"k{i}": i for i in range(cbor._KEY_ORDERS_MAX_KEYS + 5)}
+    assert cbor.encode(big) == ref_encode(big)
+
+
+def test_encoder_subclasses_take_the_fallbacks():
+    class Flag(enum.IntEnum):
+        A = 7
+        B = 300
+
+    class S(str):
+        pass
+
+    class B(bytes):
+        pass
+
+    class L(list):
+        pass
+
+    class D(dict):
+        pass
+
+    v = [Flag.A, Flag.B, S("s"), B(b"b"), L([1, 2]), D({S("k"): 1, "j": D(a=2)}), OrderedDict(z=1, a=2)]
+    assert cbor.encode(v) == ref_encode(v)
+    assert cbor.encode(v) == ref_encode(v)
+
+
+def test_encoder_errors_are_unchanged_with_a_warm_key_cache():
+    good = {"a": 1, "b": 2}
+    cbor.encode(good)
+    with pytest.raises(TypeError):
+        cbor.encode({"a": 1, 2: 2})
+    with pytest.raises(TypeError):
+        cbor.encode({"a": 1, "b": 2.5})
+    with pytest.raises(TypeError):
+        cbor.encode([b"x", object()])
+    with pytest.raises(ValueError):
+        cbor.encode({"a": 2**64})
+    with pytest.raises(ValueError):
+        cbor.encode([-(2**64) - 1])
+    with pytest.raises(UnicodeEncodeError):
+        cbor.encode({"a": "\ud800"})
+
+
+@pytest.mark.parametrize("make", [list, tuple, lambda x: {"k": x[0]} if x else {}])
+def test_encoder_nesting_limit_for_every_container(make):
+    def nest(levels: int, leaf: Any) -> Any:
+        for _ in range(levels):
+            leaf = make([leaf])
+        return leaf
+
+    assert cbor.encode(nest(32, 0)) == ref_encode(nest(32, 0))
+    assert cbor.encode(nest(32, make([]))) == ref_encode(nest(32, make([])))  # empty container at depth 32: fine
+    with pytest.raises(ValueError):
+        cbor.encode(nest(33, 0))
+    with pytest.raises(ValueError):
+        cbor.encode(nest(33, make([])))
+    with pytest.raises(TypeError):  # a bad key is found before the too-deep value under it
+        cbor.encode(nest(32, {1: 0}))
