@@ -397,3 +397,43 @@ def test_concurrent_out_of_order_reads_of_a_big_file(d: Path) -> None:
         finally:
             os.close(fd)
         assert all(got[off] == data[off : off + piece] for off in offsets), f"attempt {attempt}"
+
+
+def test_streamed_big_writes_with_reads_and_a_seek_back_while_open(d: Path) -> None:
+    """A file written sequentially past the in-memory staging (4 MiB) is streamed, the spill
+    file filled by the stream's thread: a read while it is open, a write back at offset 0
+    and more appends all land byte for byte, and so does a plain sequential copy."""
+    rnd = random.Random(11)
+    piece = 1024 * 1024
+    expected = bytearray()
+    f = d / "streamed.bin"
+    with open(f, "wb", buffering=0) as w:
+        for _ in range(9):
+            block = rnd.randbytes(piece)
+            w.write(block)
+            expected += block
+        with open(f, "rb") as r:  # a read of the open file: the stream's pending bytes must be there
+            r.seek(6 * piece + 123)
+            assert r.read(piece) == bytes(expected[6 * piece + 123 : 7 * piece + 123])
+        for _ in range(3):
+            block = rnd.randbytes(piece)
+            w.write(block)
+            expected += block
+        w.seek(0)
+        w.write(b"header!")  # not an append: the stream stops, the spill file must be complete
+        expected[0:7] = b"header!"
+        w.seek(0, os.SEEK_END)
+        w.write(b"tail")
+        expected += b"tail"
+    assert f.read_bytes() == bytes(expected)
+    g = d / "seek-back.bin"
+    with open(g, "wb", buffering=0) as w:
+        head = rnd.randbytes(9 * piece)
+        w.write(head)
+        w.seek(0)
+        w.write(b"patched")  # while the stream's thread may still hold appends for the spill file
+    assert g.read_bytes() == b"patched" + head[7:]
+    sequential = rnd.randbytes(13 * piece + 5)
+    (d / "sequential.bin").write_bytes(sequential)
+    assert (d / "sequential.bin").read_bytes() == sequential
+    assert versions_of(f)[-1].read_bytes() == bytes(expected)

@@ -108,6 +108,8 @@ class FileOps(MountState):
         async with of.lock:
             if of.staging is None:
                 return await self._read_base(of, off, size)
+            if of.stream is not None and of.stream.spilling:  # its thread may hold bytes for the spill file
+                await trio.to_thread.run_sync(of.stream.wait_spilled, off + size)
             out = []
             for p in of.staging.pieces(off, size):
                 if p.kind == DIRTY:
@@ -131,23 +133,27 @@ class FileOps(MountState):
         async with of.lock:
             st = of.ensure_staging(self.opts.spill_dir)
             fresh = off == 0 and st.size == 0 and st.base_limit == 0 and not len(st.extents)
-            st.write(off, data)
+            s = of.stream
+            if s is not None and (off != s.pos or s.aborted):
+                of.drop_stream()  # first: it completes the spill file before this write lands
+                s = None
+            if s is None and fresh:
+                s = of.stream = PayloadStream(self.store, self._view(of))
+            if s is not None and s.spilling:
+                st.write_elsewhere(off, len(data))  # the stream's thread writes the bytes to the spill file
+            else:
+                st.write(off, data)
+                if s is not None and s.started and st.spill_fd is not None:
+                    s.spill_to(st.spill_fd)  # the staging spilled: from the next append on
             of.touch()
-            await self._stream_write(of, off, data, fresh)
+            if s is not None:
+                await self._stream_write(of, s, data)
         h.flushed = False
         return len(data)
 
-    async def _stream_write(self, of: OpenFile, off: int, data: bytes, fresh: bool) -> None:
+    async def _stream_write(self, of: OpenFile, s: PayloadStream, data: bytes) -> None:
         """Sequential writes from offset 0 also go to a payload stream (written while they
         arrive); any other write stops it and the commit reads the staging."""
-        s = of.stream
-        if s is None:
-            if not fresh:
-                return
-            s = of.stream = PayloadStream(self.store, self._view(of))
-        elif off != s.pos or s.aborted:
-            of.drop_stream()
-            return
         try:
             if not s.feed(data):
                 await trio.to_thread.run_sync(s.feed_blocking, data)

@@ -114,6 +114,18 @@ class Staging:
         self.extents.add(off, end)
         self.size = max(self.size, end)
 
+    def write_elsewhere(self, off: int, n: int) -> None:
+        """Record a write of ``n`` bytes at ``off`` whose bytes someone else puts into the
+        spill file (a payload stream's thread, ``fsobj.fs.stream``)."""
+        assert self._file is not None
+        end = off + n
+        self.extents.add(off, end)
+        self.size = max(self.size, end)
+
+    @property
+    def spill_fd(self) -> int | None:
+        return self._file.fileno() if self._file is not None else None
+
     def truncate(self, size: int) -> None:
         if size < self.size:
             self.extents.cut(size)
