@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 
 from fsobj.errors import FsobjError, errno_for
+from fsobj.fs import xattrs
 from fsobj.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr, Filesystem
 
 log = logging.getLogger("fsobj.fs")
@@ -28,6 +29,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 assert (pyfuse3.RENAME_NOREPLACE, pyfuse3.RENAME_EXCHANGE) == (RENAME_NOREPLACE, RENAME_EXCHANGE)
 
 READDIR_BATCH = 32  # entries whose attributes are computed together (doubling while the kernel takes them)
+USER_PREFIX = xattrs.USER.encode()
 QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY}  # expected in normal use
 
 
@@ -274,6 +276,10 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------ extended attributes
     @translated
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(USER_PREFIX):
+            # security.capability before every write, security.selinux and POSIX ACLs for
+            # every `ls -l` entry: answered without touching the node
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return await self.fs.getxattr(inode, _name(name))
 
     @translated

@@ -35,7 +35,7 @@ from fsobj.store import PartitionView, Store
 from fsobj.store.payload import WrittenPayload
 
 START_AT = 1024 * 1024  # bytes buffered before the thread starts
-QUEUE_ITEMS = 64  # writes in flight to the thread (FUSE writes are up to 1 MiB: ~64 MiB)
+QUEUE_ITEMS = 16  # writes in flight to the thread (FUSE writes are up to 1 MiB: ~16 MiB)
 
 
 class _Aborted(Exception):
