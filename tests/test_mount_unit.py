@@ -185,11 +185,18 @@ def fs_store(tmp_path: Path) -> Store:
     store.close()
 
 
-def run(fs_store: Store, tmp_path: Path, fn: object) -> None:
+def run(fs_store: Store, tmp_path: Path, fn: object, commit_window: float = 0.0) -> None:
+    """Run ``fn(fs)`` on a started filesystem; with a ``commit_window`` the group committer
+    runs beside it (and stops when ``fn`` returns)."""
+
     async def main() -> None:
-        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path)))
+        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path), commit_window=commit_window))
         await fs.start()
-        await fn(fs)  # type: ignore[operator]
+        async with trio.open_nursery() as nursery:
+            if commit_window:
+                await nursery.start(fs.committer.run)
+            await fn(fs)  # type: ignore[operator]
+            nursery.cancel_scope.cancel()
         await fs.shutdown()
 
     trio.run(main)
@@ -294,58 +301,46 @@ def test_sequential_writes_stream_the_payload_and_others_fall_back(
 
 
 def test_group_commit_puts_many_closed_files_in_one_transaction(fs_store: Store, tmp_path: Path) -> None:
-    async def main() -> None:
-        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path), commit_window=5.0))
-        await fs.start()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fs.committer.run)
-            part = (await fs.lookup(ROOT_INODE, "p")).ino
-            before = fs_store.index.generation()
-            for i in range(20):
-                fh, _ = await fs.create(part, f"f{i}", 0o644, os.O_WRONLY, 0, 0)
-                await fs.write(fh, 0, b"x" * i)
-                await fs.flush(fh)
-                await fs.release(fh)
-            fh, _ = await fs.create(part, "again", 0o644, os.O_WRONLY, 0, 0)
-            await fs.write(fh, 0, b"one")
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        before = fs_store.index.generation()
+        for i in range(20):
+            fh, _ = await fs.create(part, f"f{i}", 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"x" * i)
+            await fs.flush(fh)
             await fs.release(fh)
-            fh, _ = await fs.open((await fs.lookup(part, "again")).ino, os.O_WRONLY | os.O_APPEND)
-            await fs.write(fh, 3, b" two")  # changing a waiting file commits the waiting version first
-            await fs.release(fh)
-            await fs.fsyncdir()
-            assert fs_store.index.generation() - before <= 4
-            assert [fs_store.read_bytes(v) for v in fs_store.log("p", "again")] == [b"one", b"one two"]
-            assert fs_store.read_bytes(fs_store.get("p", "f19")) == b"x" * 19
-            nursery.cancel_scope.cancel()
-        await fs.shutdown()
+        fh, _ = await fs.create(part, "again", 0o644, os.O_WRONLY, 0, 0)
+        await fs.write(fh, 0, b"one")
+        await fs.release(fh)
+        fh, _ = await fs.open((await fs.lookup(part, "again")).ino, os.O_WRONLY | os.O_APPEND)
+        await fs.write(fh, 3, b" two")  # changing a waiting file commits the waiting version first
+        await fs.release(fh)
+        await fs.fsyncdir()
+        assert fs_store.index.generation() - before <= 4
+        assert [fs_store.read_bytes(v) for v in fs_store.log("p", "again")] == [b"one", b"one two"]
+        assert fs_store.read_bytes(fs_store.get("p", "f19")) == b"x" * 19
 
-    trio.run(main)
+    run(fs_store, tmp_path, scenario, commit_window=5.0)
 
 
 def test_a_name_freed_by_unlink_can_be_taken_again_within_the_window(fs_store: Store, tmp_path: Path) -> None:
-    async def main() -> None:
-        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path), commit_window=5.0))
-        await fs.start()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fs.committer.run)
-            part = (await fs.lookup(ROOT_INODE, "p")).ino
-            for name in ("f", "g"):
-                fh, _ = await fs.create(part, name, 0o644, os.O_WRONLY, 0, 0)
-                await fs.write(fh, 0, b"old")
-                await fs.release(fh)
-                await fs.unlink(part, name)  # commits the waiting file, queues its tombstone
-            fh, _ = await fs.create(part, "f", 0o644, os.O_WRONLY, 0, 0)
-            await fs.write(fh, 0, b"new")
-            await fs.fsync(fh)  # the tombstone of the old "f" goes first: no conflict
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        for name in ("f", "g"):
+            fh, _ = await fs.create(part, name, 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"old")
             await fs.release(fh)
-            await fs.symlink(part, "g", b"target", 0, 0)
-            await fs.fsyncdir()
-            names = {e.sort_key for e in fs_store.list("p")}
-            assert names == {"f", "g"}
-            assert fs_store.read_bytes(fs_store.get("p", "f")) == b"new"
-            deleted = [e for e in fs_store.list("p", include_deleted=True) if e.tombstone]
-            assert sorted(e.sort_key for e in deleted) == ["f", "g"]
-            nursery.cancel_scope.cancel()
-        await fs.shutdown()
+            await fs.unlink(part, name)  # commits the waiting file, queues its tombstone
+        fh, _ = await fs.create(part, "f", 0o644, os.O_WRONLY, 0, 0)
+        await fs.write(fh, 0, b"new")
+        await fs.fsync(fh)  # the tombstone of the old "f" goes first: no conflict
+        await fs.release(fh)
+        await fs.symlink(part, "g", b"target", 0, 0)
+        await fs.fsyncdir()
+        names = {e.sort_key for e in fs_store.list("p")}
+        assert names == {"f", "g"}
+        assert fs_store.read_bytes(fs_store.get("p", "f")) == b"new"
+        deleted = [e for e in fs_store.list("p", include_deleted=True) if e.tombstone]
+        assert sorted(e.sort_key for e in deleted) == ["f", "g"]
 
-    trio.run(main)
+    run(fs_store, tmp_path, scenario, commit_window=5.0)
