@@ -98,7 +98,7 @@ class FileOps(MountState):
         if e is None or e.tombstone or e.seq <= of.base.header.seq:
             return
         v = await self._version(e.head_hash, ps.view)
-        if not of.dirty and of.base is not None and v.header.seq > of.base.header.seq:
+        if not of.dirty and v.header.seq > of.base.header.seq:
             of.rebase(v)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:

@@ -117,11 +117,7 @@ class PayloadReader:
         if fut is None and self._refs is not None and self._refs[i].length <= INLINE_CHUNK and len(self._refs) == 1:
             # a small file in one small chunk: decrypting it here costs less than a thread hop
             keys = self.view.epoch_keys(self.version.header.epoch)
-            data = self.store.payloads.read_chunk(self._refs[i], keys, self.view.id)
-            self._cache[i] = data
-            while len(self._cache) > CACHE_CHUNKS:
-                self._cache.popitem(last=False)
-            return data
+            return self._keep(i, self.store.payloads.read_chunk(self._refs[i], keys, self.view.id))
         if fut is None:
             fut = self._pending[i] = self._submit(i)
         self._waiting[i] += 1
@@ -133,6 +129,10 @@ class PayloadReader:
                 del self._waiting[i]
         if self._pending.get(i) is fut:
             del self._pending[i]
+        return self._keep(i, data)
+
+    def _keep(self, i: int, data: bytes) -> bytes:
+        """Cache chunk ``i`` (the least recently used goes) and return it."""
         self._cache[i] = data
         while len(self._cache) > CACHE_CHUNKS:
             self._cache.popitem(last=False)

@@ -111,14 +111,15 @@ class Staging:
         else:
             assert self._file is not None
             os.pwrite(self._file.fileno(), data, off)
-        self.extents.add(off, end)
-        self.size = max(self.size, end)
+        self._written(off, end)
 
     def write_elsewhere(self, off: int, n: int) -> None:
         """Record a write of ``n`` bytes at ``off`` whose bytes someone else puts into the
         spill file (a payload stream's thread, ``fsobj.fs.stream``)."""
         assert self._file is not None
-        end = off + n
+        self._written(off, off + n)
+
+    def _written(self, off: int, end: int) -> None:
         self.extents.add(off, end)
         self.size = max(self.size, end)
 

@@ -7,9 +7,9 @@ are applied in place (:meth:`MountState._apply`); changes made by others
 (another mount, the CLI) are noticed through the index generation counter
 (by requests and by a background task, :meth:`MountState.watch`), rebuild the
 trees (:meth:`MountState.refresh`), and what the kernel cached of the changed
-nodes and names is invalidated (``notify``, set by the daemon). The operations themselves live
-in ``lookup``, ``files``, ``meta`` and ``names``; the concurrency rules are in
-``fsobj.fs.filesystem``.
+nodes and names is invalidated (``notify``, set by the daemon). The operations
+themselves live in ``lookup``, ``files``, ``meta`` and ``names``; the
+concurrency rules are in ``fsobj.fs.filesystem``.
 """
 
 from __future__ import annotations

@@ -7,16 +7,17 @@ written byte as well, so reads, conflict copies and the fallback need nothing
 from here: a stream is only an early copy of what the staging holds. It is
 used by the commit only while every write since offset 0 was an append and its
 length equals the staged size; anything else (a write elsewhere, a truncate)
-aborts it, and the commit reads the staging as before.
-The blobs of an aborted stream are unreferenced and left to gc.
+aborts it, and the commit reads the staging as before. The blobs of an aborted
+stream are unreferenced and left to gc.
 
 Once the staging has spilled to its file (``spill_to``), the appends are not
 written to the spill file by the event loop: each queued piece carries its
 offset and the stream thread writes it there before chunking it, off the event
 loop; a read of the open file waits until the bytes it reads are there
-(:meth:`PayloadStream.wait_spilled`). Whatever the thread has not taken when the stream is aborted, or when it
-failed, is written by :meth:`PayloadStream.abort` (under a lock, so every piece
-lands exactly once); after ``abort`` returns the spill file is complete.
+(:meth:`PayloadStream.wait_spilled`). Whatever the thread has not taken when
+the stream is aborted, or when it failed, is written by
+:meth:`PayloadStream.abort` (under a lock, so every piece lands exactly once);
+after ``abort`` returns the spill file is complete.
 
 Small files never start a thread: the first ``START_AT`` bytes are only
 buffered, and a file closed before it reaches them commits from the staging.
@@ -100,9 +101,8 @@ class PayloadStream:
         self._q: queue.Queue[object] = queue.Queue(QUEUE_ITEMS)
         self._future: Future[WrittenPayload] | None = None
         self._spill_fd = -1  # our own descriptor of the staging's spill file (spill_to)
-        self._spill_lock = threading.Lock()
+        self._spilled = threading.Condition()  # guards the spill file's writes and the two below
         self._unwritten: list[_Piece] = []  # pieces whose spill write failed: abort retries them
-        self._spilled = threading.Condition()
         self._spilled_end = 0  # the spill file holds every fed byte below this
 
     @property
@@ -138,7 +138,7 @@ class PayloadStream:
     def spill(self, pieces: list[_Piece]) -> None:
         """Write pieces to the spill file (each exactly once). A failure keeps them for
         :meth:`abort` to retry."""
-        with self._spill_lock:
+        with self._spilled:
             for p in pieces:
                 if not p.spill:
                     continue
@@ -154,9 +154,8 @@ class PayloadStream:
                 except OSError:
                     self._unwritten.append(p)
                 p.spill = False
-                with self._spilled:
-                    self._spilled_end = max(self._spilled_end, p.off + len(p.data))
-                    self._spilled.notify_all()
+                self._spilled_end = max(self._spilled_end, p.off + len(p.data))
+                self._spilled.notify_all()
 
     def feed(self, data: bytes) -> bool:
         """Hand over the next bytes without blocking; False if the queue is full
@@ -260,7 +259,7 @@ class PayloadStream:
         except BaseException:
             pass
         self.spill(self._drain())
-        with self._spill_lock:
+        with self._spilled:
             failed, self._unwritten = self._unwritten, []
         for p in failed:
             p.spill = True
