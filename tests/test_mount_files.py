@@ -231,6 +231,21 @@ def test_getfattr_and_setfattr(shared_mount: Mount, d: Path) -> None:  # noqa: F
     assert b"tester" in os.getxattr(d.parent, "user.fsobj.owner_name")
 
 
+def test_attributes_of_a_file_still_open_for_writing_name_what_was_written(d: Path) -> None:
+    """close(2) returns before the kernel's RELEASE reaches the daemon, so a `getfattr`
+    right after `cp` can meet a file that is still open: it commits what was written."""
+    f = d / "open.txt"
+    with open(f, "wb") as w:
+        w.write(b"first")
+        w.flush()
+        assert os.getxattr(f, "user.fsobj.length") == b"5"
+        assert os.getxattr(f, "user.fsobj.version") == b"1"
+        w.write(b" and more")
+    assert os.getxattr(f, "user.fsobj.length") == b"14"
+    assert os.getxattr(f, "user.fsobj.version") == b"2"
+    assert [p.read_bytes() for p in versions_of(f)] == [b"first", b"first and more"]
+
+
 def test_symlinks_special_files_and_hard_links(d: Path) -> None:
     sh(f"ln -s ../target '{d}/sym'")
     assert os.readlink(d / "sym") == "../target"

@@ -158,8 +158,10 @@ class MetaOps(FileOps):
 
     async def _object_xattrs(self, ino: int, ps: PartState, ref: Ref) -> dict[str, bytes]:
         of = self.files.get(ino)
-        if of is not None:
-            await self._settle(of)  # show the version of what was closed, not the one before it
+        if of is not None and of.dirty:
+            # the hashes name a committed version: what was written becomes one first, as on
+            # fsync (close(2) does not wait for the kernel's RELEASE, so it may not have come yet)
+            await self._commit(of)
         if of is not None and of.base is None:
             return {xattrs.USER + k: v.encode() for k, v in of.headers}
         if of is not None:
