@@ -26,10 +26,10 @@ buffered, and a file closed before it reaches them commits from the staging.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import queue
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 
 from fsobj.store import PartitionView, Store
@@ -47,37 +47,19 @@ _EOF = object()
 _ABORT = object()
 
 
-class _QueueReader(io.RawIOBase):
-    """A readable stream over the queue of written byte strings."""
-
-    def __init__(self, q: queue.Queue[object], stream: PayloadStream) -> None:
-        self._q = q
-        self._stream = stream
-        self._buf = memoryview(b"")
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buf:
-            if self._eof:
-                return 0
-            item = self._q.get()
-            if item is _ABORT or self._stream.aborted:
-                if isinstance(item, _Piece):
-                    self._stream.spill([item])  # abort drains the rest
-                raise _Aborted()
-            if item is _EOF:
-                self._eof = True
-                return 0
-            assert isinstance(item, _Piece)
-            self._stream.spill([item])
-            self._buf = memoryview(item.data)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
+def _queued_pieces(q: queue.Queue[object], stream: PayloadStream) -> Iterator[bytes]:
+    """The written bytes from the queue, each written to the spill file first (if it goes there)."""
+    while True:
+        item = q.get()
+        if item is _ABORT or stream.aborted:
+            if isinstance(item, _Piece):
+                stream.spill([item])  # abort drains the rest
+            raise _Aborted()
+        if item is _EOF:
+            return
+        assert isinstance(item, _Piece)
+        stream.spill([item])
+        yield item.data
 
 
 class _Piece:
@@ -198,7 +180,7 @@ class PayloadStream:
         assert fut is not None
         try:
             keys = self.view.current_keys()
-            fut.set_result(self.store.payloads.write(_QueueReader(self._q, self), keys, self.view.id))
+            fut.set_result(self.store.payloads.write_pieces(_queued_pieces(self._q, self), keys, self.view.id))
         except BaseException as e:  # _Aborted, or a real failure: the commit then reads the staging
             fut.set_exception(e)
 

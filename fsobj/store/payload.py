@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import collections
 import io
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -79,19 +80,35 @@ class PayloadIO:
     def write(
         self, stream: BinaryIO | None, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None = None
     ) -> WrittenPayload:
-        """Store the payload read from ``stream`` (None = empty).
+        """Store the payload read from ``stream`` (None = empty): :meth:`write_pieces`."""
+        if stream is None:
+            return self._write_small(b"", keys, pid, progress)  # a tombstone: nothing to store
+        return self.write_pieces(iter(lambda: stream.read(chunking.READ_SIZE), b""), keys, pid, progress)
+
+    def write_pieces(
+        self,
+        pieces: Iterable[bytes | memoryview],
+        keys: crypto.EpochKeys,
+        pid: bytes,
+        progress: Progress | None = None,
+    ) -> WrittenPayload:
+        """Store the payload made of ``pieces`` (which must not change once handed over).
 
         The blobs are written but not yet durable: the caller makes them durable
         (``BlobStore.sync_all``) before a header names them. A payload below the
         chunker's minimum size is one chunk: it is stored in the calling thread,
         without the two thread hand-offs (small files are the common case).
         """
-        if stream is None:
-            return self._write_small(b"", keys, pid, progress)  # a tombstone: nothing to store
-        head = _read_up_to(stream, chunking.MIN_SIZE + 1)
-        if len(head) <= chunking.MIN_SIZE:
-            return self._write_small(bytes(head), keys, pid, progress)
-        stream = _Prefixed(bytes(head), stream)  # type: ignore[assignment]
+        it = iter(pieces)
+        head: list[bytes | memoryview] = []
+        got = 0
+        for piece in it:
+            head.append(piece)
+            got += len(piece)
+            if got > chunking.MIN_SIZE:
+                break
+        if got <= chunking.MIN_SIZE:
+            return self._write_small(b"".join(head), keys, pid, progress)
         hasher = crypto.new_hasher()
         pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
         result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
@@ -108,7 +125,7 @@ class PayloadIO:
                     result.new_bytes += written
 
         try:
-            for data in chunking.split_stream(stream, keys.cdc_seed):
+            for data in chunking.split_pieces(itertools.chain(head, it), keys.cdc_seed):
                 checksums.append(self.checksum_pool.submit(hasher.update, data))
                 while len(checksums) > WINDOW:  # bound the memory queued for the checksum
                     checksums.popleft().result()
@@ -239,39 +256,6 @@ class PayloadIO:
                 fut.cancel()
         if total != header.length:
             raise IntegrityError("payload length does not match its header")
-
-
-def _read_up_to(stream: BinaryIO, n: int) -> bytes:
-    """Read until ``n`` bytes or end of stream (a raw stream may return less)."""
-    parts, got = [], 0
-    while got < n:
-        data = stream.read(n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
-
-
-class _Prefixed(io.RawIOBase):
-    """A stream whose first bytes were already read: ``head``, then the rest."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        self._head = memoryview(head)
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 class IterStream(io.RawIOBase):
