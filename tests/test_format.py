@@ -7,6 +7,7 @@ the reference algorithm written out in the specification.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import sqlite3
 import struct
@@ -543,5 +544,7 @@ def test_chunk_boundaries():
     for case in c["cases"]:
         assert [len(x) for x in chunking.split_bytes(buf, case["seed"])] == case["lengths"]
         assert [len(x) for x in chunking.split_stream(io.BytesIO(buf), case["seed"])] == case["lengths"]
+        pieces = [buf[a:b] for a, b in itertools.pairwise([0, 1, 4096, 131072, 1 << 20, 2 << 20, len(buf)])]
+        assert [len(x) for x in chunking.split_pieces(pieces, case["seed"])] == case["lengths"]
         ref = _reference_chunker(buf, case["seed"], list(GEAR), int(c["mask_s"], 16), int(c["mask_l"], 16))
         assert ref == case["lengths"]

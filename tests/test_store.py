@@ -593,3 +593,26 @@ def test_failed_syncfs_is_not_ignored(store_dir: Path, store: Store, monkeypatch
     assert version_count(store) == versions
     assert store.get(pid, "k").hash == v1.hash
     assert store.read_bytes(store.get(pid, "k")) == old
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    length=st.integers(0, 7 * 1024 * 1024),
+    cuts=st.lists(st.integers(0, 7 * 1024 * 1024), max_size=12),
+    segment=st.sampled_from([0, 1, 300_000, 3 * 1024 * 1024]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_chunking_pieces_cut_like_the_whole(
+    monkeypatch: pytest.MonkeyPatch, length: int, cuts: list[int], segment: int, seed: int
+) -> None:
+    """The cuts of written pieces do not depend on how the bytes were split into pieces,
+    nor on how much is gathered before cutting (``SEGMENT``)."""
+    from fsobj import chunking
+
+    data = random.Random(seed).randbytes(length)
+    monkeypatch.setattr(chunking, "SEGMENT", segment)
+    bounds = sorted({0, length, *(c for c in cuts if c < length)})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    got = list(chunking.split_pieces(pieces, seed))
+    assert [bytes(c) for c in got] == [bytes(c) for c in chunking.split_bytes(data, seed)]
+    assert all(c.readonly for c in got)
