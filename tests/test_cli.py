@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,3 +255,26 @@ def test_bench_reports_figures_and_targets(tmp_path: Path) -> None:
     }
     assert result["feeds"]["wakeup_samples"] == 60
     assert list(tmp_path.iterdir()) == [], "bench cleans up its scratch directory"
+
+
+def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) -> None:
+    small = "--size-mib 3 --small-files 20 --dir-entries 30 --versions 5 --rss-size-mib 0 --rounds 2"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fsobj", "bench", "--mount", "--dir", str(tmp_path), *small.split(), "--json"],
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["rounds"]) == 2
+    for r in result["rounds"]:
+        assert r["fsobj"]["seq_write_MiB_s"] > 0 and r["plain"]["read_4k_files_per_s"] > 0
+    fs = result["mount"]["fsobj"]
+    assert fs["versions_of_one_file"] == 5  # measured in the last round only
+    assert "versions_of_one_file" not in result["rounds"][0]["fsobj"]
+    if shutil.which("gocryptfs"):
+        q = result["ratios"]["stat_per_s"]
+        assert q["min"] <= q["median"] <= q["max"]
+        assert {t["figure"] for t in result["mount_targets"]} >= {"mount.seq_write_MiB_s vs gocryptfs"}
+    assert list(tmp_path.iterdir()) == [], "bench cleans up its scratch directory"
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()

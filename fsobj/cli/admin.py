@@ -217,6 +217,9 @@ def partition_revoke(ctx: Context, name: str, user: str) -> None:
 @click.option("--small-files", default=2000, show_default=True, help="With --mount: 4 KiB files created.")
 @click.option("--dir-entries", default=10_000, show_default=True, help="With --mount: entries for ls/stat/read/rm.")
 @click.option("--versions", default=1000, show_default=True, help="With --mount: versions of one file to list.")
+@click.option(
+    "--rounds", default=3, show_default=True, type=click.IntRange(1), help="With --mount: rounds of the work (medians)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Output only JSON.")
 def bench(
     workdir: str | None,
@@ -229,20 +232,22 @@ def bench(
     small_files: int,
     dir_entries: int,
     versions: int,
+    rounds: int,
     as_json: bool,
 ) -> None:
     """Measure put/get against cp/cat, dedup, memory, lookups and feeds.
 
     With --mount: sequential and small-file work on an fsobj mount, a
-    gocryptfs mount and a plain directory. Prints a table and JSON; each target
-    of the issues is marked met or not. Run as root to drop the page cache
+    gocryptfs mount and a plain directory, in --rounds rounds that run every
+    target in turn (medians). Prints a table and JSON; each target of the
+    issues is marked met or not. Run as root to drop the page cache
     before cold reads.
     """
     where = Path(workdir) if workdir else None
     if mount:
         from fsobj import bench_mount
 
-        result = bench_mount.run(where, sys.stderr, size_mib, small_files, dir_entries, versions, rss_size_mib)
+        result = bench_mount.run(where, sys.stderr, size_mib, small_files, dir_entries, versions, rss_size_mib, rounds)
         if not as_json:
             click.echo(bench_mount.table(result))
         emit_json(result)
