@@ -18,6 +18,7 @@ Algorithms (format version 1):
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -237,8 +238,8 @@ class PublicIdentity:
     kx_pub: bytes
     kx_sig: bytes  # Ed25519 signature binding kx_pub to sign_pub
 
-    @property
-    def user_id(self) -> bytes:
+    @functools.cached_property
+    def user_id(self) -> bytes:  # every header names its author: derived once
         return user_id_for(self.sign_pub)
 
     def check(self) -> None:

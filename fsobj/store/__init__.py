@@ -476,7 +476,7 @@ class Store(PartitionsMixin):
         ``exclusive`` (new series only): fail if a live object with this sort key
         appeared meanwhile, instead of creating a tie.
         """
-        view = self.partition(view.id)  # the current record: grants and key epoch may have changed
+        view = self._current_view(view.id)
         session = self._renew_session()  # one session for the whole commit, even if another thread renews
         view.require_write()
         keys = view.current_keys()
@@ -513,6 +513,16 @@ class Store(PartitionsMixin):
         return self._commit_header(
             view, prev, header, keys, payload.refs, exclusive, 0 if reused or not payload.refs else None, session
         )
+
+    def _current_view(self, pid: bytes) -> PartitionView:
+        """The partition's current record (grants and key epoch may have changed); read
+        once per group-commit batch, not once per version."""
+        views: dict[bytes, PartitionView] | None = getattr(self._tls, "batch_views", None)
+        if views is None:
+            return self.partition(pid)
+        if pid not in views:
+            views[pid] = self.partition(pid)
+        return views[pid]
 
     def _renew_session(self) -> crypto.Session:
         """The session to sign with; long-running processes (the mount) get a fresh
@@ -617,14 +627,14 @@ class Store(PartitionsMixin):
             yield
             return
         pending: list[_Pending] = []
-        self._tls.batch = pending
+        self._tls.batch, self._tls.batch_views = pending, {}
         try:
             yield
         except BaseException:
-            self._tls.batch = None
+            self._tls.batch = self._tls.batch_views = None
             self._discard(pending)
             raise
-        self._tls.batch = None
+        self._tls.batch = self._tls.batch_views = None
         try:
             self.blobs.sync_all()
             with self.index.write():
