@@ -45,6 +45,7 @@ class _Aborted(Exception):
 
 _EOF = object()
 _ABORT = object()
+_NO_QUEUE: queue.Queue[object] = queue.Queue(0)  # shared placeholder: always empty, never put to
 
 
 def _queued_pieces(q: queue.Queue[object], stream: PayloadStream) -> Iterator[bytes]:
@@ -80,7 +81,7 @@ class PayloadStream:
         self.pos = 0  # bytes fed so far (the next append must start here)
         self.aborted = False
         self._buffered: list[bytes] = []
-        self._q: queue.Queue[object] = queue.Queue(QUEUE_ITEMS)
+        self._q: queue.Queue[object] = _NO_QUEUE  # made when the thread starts: most files are small
         self._future: Future[WrittenPayload] | None = None
         self._spill_fd = -1  # our own descriptor of the staging's spill file (spill_to)
         self._spilled = threading.Condition()  # guards the spill file's writes and the two below
@@ -171,6 +172,7 @@ class PayloadStream:
 
     def _start(self) -> None:
         self._future = Future()
+        self._q = queue.Queue(QUEUE_ITEMS)
         self._q.put_nowait(_Piece(0, b"".join(self._buffered), False))
         self._buffered = []
         threading.Thread(target=self._run, name="fsobj-stream", daemon=True).start()
