@@ -189,9 +189,10 @@ class LocalBlobStore:
 def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> int:
     """Write every part; returns the bytes written."""
     views = [memoryview(p) for p in parts if len(p)]
-    total = sum(len(v) for v in views)
+    total = 0
     while views:
         n = os.writev(fd, views)
+        total += n
         while views and n >= len(views[0]):
             n -= len(views[0])
             views.pop(0)
