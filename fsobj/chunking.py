@@ -37,8 +37,9 @@ def split_pieces(pieces: Iterable[bytes | memoryview], seed: int) -> Iterator[me
     Each chunk is a read-only view into an immutable buffer of its own segment
     (the pieces joined: one copy), so it may be handed to another thread and
     kept. Nothing is cut until ``MAX_SIZE`` bytes follow the cut point or the
-    pieces end, which is when a cut no longer depends on later bytes; memory
-    stays bounded by ``SEGMENT + MAX_SIZE`` plus the chunks the caller keeps.
+    pieces end, which is when a cut no longer depends on later bytes. Memory
+    stays bounded by ``SEGMENT + MAX_SIZE`` plus the segments that the chunks
+    the caller still holds point into.
     """
     cdc = chunker(seed)
     held: list[bytes | memoryview] = []
