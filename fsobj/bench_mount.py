@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from fsobj import identity as identity_files
 from fsobj.bench import MIB, PASS, _drop_caches, _make_file
+from fsobj.blobs.local import fsync_dir
 from fsobj.store import Store
 
 FileOps = Callable[[Path], None]
@@ -136,14 +137,6 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sh(cmd: str) -> None:
     subprocess.run(["sh", "-c", cmd], check=True, stdout=subprocess.DEVNULL)
 
@@ -211,10 +204,10 @@ class MountBench:
 
         # each phase ends with fsync of the directory, so work a filesystem defers (fsobj's
         # group commit, for one) is counted where it was caused, not in the next phase
-        t_create = _timed(lambda: (create(self.small_files), _fsync_dir(d)))
+        t_create = _timed(lambda: (create(self.small_files), fsync_dir(d)))
         if self.dir_entries > self.small_files:
             create(self.dir_entries - self.small_files, self.small_files)
-            _fsync_dir(d)
+            fsync_dir(d)
         t_ls = _timed(lambda: _sh(f"ls -l '{d}'"))
         names = sorted(os.listdir(d))
         assert len(names) == self.dir_entries
@@ -226,7 +219,7 @@ class MountBench:
                     f.read()
 
         t_read = _timed(read_all)
-        t_rm = _timed(lambda: (_sh(f"rm -r '{d}'"), _fsync_dir(work)))
+        t_rm = _timed(lambda: (_sh(f"rm -r '{d}'"), fsync_dir(work)))
         n = self.dir_entries
         return {
             "create_4k_files_per_s": round(self.small_files / t_create),

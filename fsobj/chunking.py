@@ -67,9 +67,14 @@ def _cut(cdc: FastCDC, seg: memoryview, final: bool) -> Generator[memoryview, No
     return seg[len(seg) :]
 
 
+def read_pieces(stream: BinaryIO) -> Iterator[bytes]:
+    """What ``stream`` reads, ``READ_SIZE`` at a time, until its end."""
+    return iter(lambda: stream.read(READ_SIZE), b"")
+
+
 def split_stream(stream: BinaryIO, seed: int) -> Iterator[memoryview]:
     """:func:`split_pieces` of what ``stream`` reads; an empty stream yields nothing."""
-    return split_pieces(iter(lambda: stream.read(READ_SIZE), b""), seed)
+    return split_pieces(read_pieces(stream), seed)
 
 
 def split_bytes(data: bytes, seed: int) -> Iterator[bytes]:

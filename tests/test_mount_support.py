@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from fsobj import identity as identity_files
+from fsobj.blobs.local import fsync_dir
 from fsobj.store import Store
 
 PASSPHRASE = "mount-test-passphrase"
@@ -189,11 +190,7 @@ def wait_for(pred: object, timeout: float = 10.0, what: str = "condition") -> No
 
 def sync_dir(path: Path) -> None:
     """fsync a directory: the mount commits every closed file still waiting in its group commit."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path)
 
 
 def write_synced(path: Path, data: bytes) -> None:

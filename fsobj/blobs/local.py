@@ -149,11 +149,7 @@ class LocalBlobStore:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         for name in sorted(dirty):
-            fd = os.open(self.blob_dir / name, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.blob_dir / name)
 
     def sync_all(self) -> None:
         """Make every blob written so far durable, data and names (syncfs)."""
@@ -184,6 +180,15 @@ class LocalBlobStore:
             (self.tmp_dir / name).unlink(missing_ok=True)
             n += 1
         return n
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries durable (on the mount: drains the group commit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> int:

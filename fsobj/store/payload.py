@@ -83,7 +83,7 @@ class PayloadIO:
         """Store the payload read from ``stream`` (None = empty): :meth:`write_pieces`."""
         if stream is None:
             return self._write_small(b"", keys, pid, progress)  # a tombstone: nothing to store
-        return self.write_pieces(iter(lambda: stream.read(chunking.READ_SIZE), b""), keys, pid, progress)
+        return self.write_pieces(chunking.read_pieces(stream), keys, pid, progress)
 
     def write_pieces(
         self,
