@@ -300,6 +300,104 @@ def test_sequential_writes_stream_the_payload_and_others_fall_back(
     run(fs_store, tmp_path, scenario)
 
 
+def test_a_streamed_commit_empties_the_spill_file_first_and_a_conflict_copy_uses_its_payload(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spill file of a finished stream is emptied before the commit makes the blobs
+    durable (so its bytes are not written to disk twice); a conflict copy still gets them."""
+    data = os.urandom(6 * 1024 * 1024 + 7)
+    spill_sizes: list[int] = []
+    real_commit = Store.commit
+
+    def watch(self: Store, *args: object, **kw: object) -> object:
+        for of in fs.files.values():
+            if of.staging is not None and of.staging.spill_fd is not None:
+                spill_sizes.append(os.fstat(of.staging.spill_fd).st_size)
+        return real_commit(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "commit", watch)
+    fs: Filesystem
+
+    async def scenario(fs_: Filesystem) -> None:
+        nonlocal fs
+        fs = fs_
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, attr = await fs.create(part, "big", 0o644, os.O_RDWR, 0, 0)
+        for off in range(0, len(data), 1024 * 1024):
+            await fs.write(fh, off, data[off : off + 1024 * 1024])
+        await fs.release(fh)
+        assert fs_store.read_bytes(fs_store.get("p", "big")) == data
+        assert spill_sizes == [0]  # emptied before the commit, not after
+
+        # the same, losing an optimistic-lock race: the conflict copy has every byte
+        fh = (await fs.open(attr.ino, os.O_WRONLY | os.O_TRUNC))[0]
+        for off in range(0, len(data), 1024 * 1024):
+            await fs.write(fh, off, data[::-1][off : off + 1024 * 1024])
+        fs_store.put("p", "big", b"someone else")
+        spill_sizes.clear()
+        await fs.release(fh)
+        copies = [e.sort_key for e in fs_store.list("p") if e.sort_key.startswith("big.conflict-")]
+        assert len(copies) == 1
+        assert fs_store.read_bytes(fs_store.get("p", copies[0])) == data[::-1]
+        assert fs_store.read_bytes(fs_store.get("p", "big")) == b"someone else"
+        assert spill_sizes == [0, 0]  # the losing commit and the conflict copy
+
+    run(fs_store, tmp_path, scenario)
+
+
+def test_a_failed_streamed_commit_gives_the_staging_its_bytes_back(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (a disk that fills up has no stand-in here): the commit fails
+    after the spill file was emptied; the open file still reads every byte, and the
+    next commit stores them."""
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    real_commit = Store.commit
+    fail = [True]
+
+    def full_disk(self: Store, *args: object, **kw: object) -> object:
+        if fail:
+            fail.clear()
+            raise OSError(errno.ENOSPC, "injected: no space left on device")
+        return real_commit(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "commit", full_disk)
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, attr = await fs.create(part, "big", 0o644, os.O_RDWR, 0, 0)
+        for off in range(0, len(data), 1024 * 1024):
+            await fs.write(fh, off, data[off : off + 1024 * 1024])
+        with pytest.raises(OSError) as e:
+            await fs.fsync(fh)
+        assert e.value.errno == errno.ENOSPC
+        of = fs.files[attr.ino]
+        assert of.dirty and of.staging is not None and not of.staging.released and of.streamed is None
+        assert os.fstat(of.staging.spill_fd).st_size == len(data)  # type: ignore[arg-type]
+        assert await fs.read(fh, 4_000_000, 16) == data[4_000_000:4_000_016]
+        await fs.write(fh, len(data), b"more")
+        await fs.release(fh)
+        assert fs_store.read_bytes(fs_store.get("p", "big")) == data + b"more"
+
+    run(fs_store, tmp_path, scenario)
+
+
+def test_a_released_staging_refuses_reads_until_it_is_restored(tmp_path: Path) -> None:
+    st = Staging(0, str(tmp_path))
+    blob = os.urandom(5 * 1024 * 1024)
+    st.write(0, blob)
+    assert st.release() and st.released
+    for attempt in (lambda: st.read_dirty(0, 10), lambda: st.write(0, b"x"), lambda: st.truncate(3)):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EIO
+    st.restore([blob[:100], blob[100:]])
+    assert st.read_dirty(len(blob) - 10, 10) == blob[-10:]
+    small = Staging(0, str(tmp_path))
+    small.write(0, b"in memory")
+    assert not small.release()  # nothing on disk to spare
+
+
 def test_group_commit_puts_many_closed_files_in_one_transaction(fs_store: Store, tmp_path: Path) -> None:
     async def scenario(fs: Filesystem) -> None:
         part = (await fs.lookup(ROOT_INODE, "p")).ino

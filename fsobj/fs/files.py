@@ -225,10 +225,14 @@ class FileOps(MountState):
             ps = self._part(of.pid)
             job = self._job(of, ps)
             try:
-                done = await self._work(work.commit_data, job)
-            except ConflictError as e:
-                await self._save_conflict(of, ps, job, e)
-                return
+                try:
+                    done = await self._work(work.commit_data, job)
+                except ConflictError as e:
+                    await self._save_conflict(of, ps, job, e)
+                    return
+            except BaseException:
+                await self._restore(of, ps)
+                raise
             self._committed(of, ps, done.value, done.gen_after)
 
     async def _commit_many(self, ofs: list[OpenFile]) -> None:
@@ -273,7 +277,14 @@ class FileOps(MountState):
         source = of.source(self.store, ps.view)
         job = work.DataJob(ps.view, of.base, of.sort_key, of.posix, of.headers, source, of.payload_changed)
         job.stream = of.take_stream()
+        job.on_streamed = of.keep_streamed
         return job
+
+    async def _restore(self, of: OpenFile, ps: PartState) -> None:
+        """After a failed commit (lock held): the staging gets back the bytes it released."""
+        if of.streamed is not None and of.dirty:
+            with trio.CancelScope(shield=True):
+                await self._thread(of.restore_staging, self.store, ps.view)
 
     def _committed(self, of: OpenFile, ps: PartState, v: Version, gen_after: int) -> None:
         if isinstance(of.ref, int):

@@ -7,6 +7,14 @@ stream a commit reads (base payload overlaid with the staging). One
 ``OpenFile`` per inode, so reads through any handle see the writes of every
 other handle before they are committed.
 
+A commit that uses a finished payload stream keeps that payload in
+``streamed`` and releases the staging's spill file (``Staging.release``): the
+payload's blobs hold the same bytes, and the commit's ``syncfs`` then writes
+them to disk once instead of twice. Until the commit succeeds, ``source``
+returns that payload (retries and conflict copies use it); if the commit
+fails, the caller refills the staging from it (``restore_staging``) before
+letting go of the lock.
+
 Concurrency: an ``OpenFile`` belongs to the trio thread. Its ``lock`` is held
 by a commit for its whole duration (the worker thread reads the staging then)
 and by every write, truncate and staged read, so no handle changes or frees
@@ -28,9 +36,9 @@ from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import Ref
 from fsobj.model.header import Posix
 from fsobj.store import PartitionView, Store, Version
-from fsobj.store.payload import IterStream
+from fsobj.store.payload import IterStream, WrittenPayload
 
-Source = Callable[[], BinaryIO | bytes]
+Source = Callable[[], BinaryIO | bytes | WrittenPayload]
 
 
 @dataclass
@@ -57,6 +65,7 @@ class OpenFile:
     handles: set[int] = field(default_factory=set)
     lock: trio.Lock = field(default_factory=trio.Lock)
     stream: PayloadStream | None = None  # the payload being written while sequential writes arrive
+    streamed: WrittenPayload | None = None  # the finished stream's payload, while a commit of it is pending
     _reader: PayloadReader | None = None
 
     # ------------------------------------------------------------ state
@@ -116,8 +125,26 @@ class OpenFile:
         s.abort()
         return None
 
+    def keep_streamed(self, written: WrittenPayload) -> None:
+        """Worker thread, under ``lock``: ``written`` holds the whole staged content; the
+        spill file is emptied so that the commit does not write its bytes to disk."""
+        self.streamed = written
+        if self.staging is not None:
+            self.staging.release()
+
+    def restore_staging(self, store: Store, view: PartitionView) -> None:
+        """Worker thread, under ``lock``, after a failed commit: refill a released staging
+        from the kept payload (the blobs are readable: written, just not yet synced)."""
+        w = self.streamed
+        if w is None:
+            return
+        if self.staging is not None and self.staging.released:
+            self.staging.restore(store.payloads.iter_written(w, view.epoch_keys(w.epoch), view.id))
+        self.streamed = None
+
     def drop_staging(self) -> None:
         self.drop_stream()
+        self.streamed = None
         if self.staging is not None:
             self.staging.close()
             self.staging = None
@@ -137,13 +164,17 @@ class OpenFile:
         """
         staging = self.staging
         reader = self.reader(store, view)
+        if self.streamed is not None:  # a failed commit left it (its staging was released)
+            streamed = self.streamed
+            return lambda: streamed
         if staging is None:
             # the payload is the base's (commits pass source=... then; a conflict copy reads it)
             return lambda: IterStream(reader.iter_range(0, reader.length)) if reader else b""
         small = staging.memory_bytes()
         if small is not None:
             return lambda: small
-        return lambda: staging.whole_file() or IterStream(_compose(staging, reader))
+        # the commit may keep its stream's payload (keep_streamed): a second read then uses it
+        return lambda: self.streamed or staging.whole_file() or IterStream(_compose(staging, reader))
 
 
 def _compose(staging: Staging, reader: PayloadReader | None) -> Iterator[bytes]:

@@ -11,15 +11,23 @@ Where plaintext waits (docs/mount.md, "Staging"): in memory up to
 has a name) in the mount's 0700 cache directory, outside the store. Both are
 dropped when the version is committed or the file is discarded. Pure data
 structure: no store, no trio; file I/O is plain ``pread``/``pwrite``.
+
+A spill file whose whole content is also in payload blobs (a finished payload
+stream, ``fsobj.fs.stream``) can be *released* before the commit makes those
+blobs durable: it is emptied, so the commit's ``syncfs`` does not write the
+same bytes to disk a second time. Until :meth:`Staging.restore` refills it,
+the staging's bytes cannot be read (``EIO``, never zeros); the open file's
+owner keeps the payload that holds them (``OpenFile.streamed``).
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -98,9 +106,11 @@ class Staging:
         self.spill_dir = spill_dir
         self._mem: bytearray | None = bytearray()
         self._file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+        self.released = False  # the spill file was emptied: its bytes are elsewhere (release)
 
     # ------------------------------------------------------------ changes
     def write(self, off: int, data: bytes) -> None:
+        self._readable()
         end = off + len(data)
         if self._mem is not None and end > MEMORY_LIMIT:
             self._spill()
@@ -128,6 +138,7 @@ class Staging:
         return self._file.fileno() if self._file is not None else None
 
     def truncate(self, size: int) -> None:
+        self._readable()
         if size < self.size:
             self.extents.cut(size)
             self.base_limit = min(self.base_limit, size)
@@ -142,6 +153,34 @@ class Staging:
         f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="fsobj-staging-")
         os.pwrite(f.fileno(), self._mem, 0)
         self._file, self._mem = f, None  # type: ignore[assignment]
+
+    def release(self) -> bool:
+        """Empty the spill file of a fully written staging whose bytes are safe elsewhere;
+        False (nothing done) if it is in memory. Dirty pages of the emptied file are
+        dropped, not written back."""
+        if self._file is None or not self.extents.covers(0, self.size):
+            return False
+        os.ftruncate(self._file.fileno(), 0)
+        self.released = True
+        return True
+
+    def restore(self, content: Iterable[bytes]) -> None:
+        """Refill a released spill file with the whole content, in order."""
+        assert self._file is not None and self.released
+        pos = 0
+        for data in content:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self._file.fileno(), view, pos)
+                view, pos = view[n:], pos + n
+        if pos != self.size:
+            raise OSError(errno.EIO, f"restored {pos} of {self.size} staged bytes")
+        self.released = False
+
+    def _readable(self) -> None:
+        """Refuse to read or change a released staging (EIO)."""
+        if self.released:
+            raise OSError(errno.EIO, "the staged bytes are only in the uncommitted payload")
 
     def close(self) -> None:
         """Drop the plaintext."""
@@ -170,6 +209,7 @@ class Staging:
         return out
 
     def read_dirty(self, off: int, n: int) -> bytes:
+        self._readable()
         if self._mem is not None:
             data = bytes(self._mem[off : off + n])
             return data + bytes(n - len(data))
@@ -186,6 +226,7 @@ class Staging:
         is dirty (the common ``cp``/``O_TRUNC`` case): the commit then reads a plain file."""
         if self._file is None or not self.extents.covers(0, self.size):
             return None
+        self._readable()
         return _Bounded(os.dup(self._file.fileno()), self.size)
 
     def memory_bytes(self) -> bytes | None:

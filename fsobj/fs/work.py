@@ -7,7 +7,9 @@ directory). Every public function here runs whole in one worker thread
 together on that thread's connection, and a multi-version change runs inside
 one ``Store.batch()`` (one transaction: atomic for readers). Nothing here
 touches the mount's in-memory state (tree, inodes, open files): that belongs
-to the trio thread, which applies the returned versions.
+to the trio thread, which applies the returned versions. The one exception is
+``DataJob.on_streamed``, which hands an open file (whose lock the trio side
+holds for the whole call) the payload its stream wrote.
 
 Each call returns a :class:`Done`: the result plus the index generation
 after it, which orders it against a listing taken meanwhile. Whether the
@@ -29,7 +31,7 @@ from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import conflict_key
 from fsobj.model.header import Posix
 from fsobj.store import PartitionView, Store, Version
-from fsobj.store.payload import WrittenPayload
+from fsobj.store.payload import IterStream, WrittenPayload
 
 log = logging.getLogger("fsobj.fs")
 
@@ -79,16 +81,19 @@ class DataJob:
     sort_key: str
     posix: Posix
     headers: tuple[tuple[str, str], ...]
-    source: Callable[[], BinaryIO | bytes]
+    source: Callable[[], BinaryIO | bytes | WrittenPayload]
     payload_changed: bool
     stream: PayloadStream | None = None  # the payload already written while the file was written
+    on_streamed: Callable[[WrittenPayload], None] | None = None  # told the stream's payload before it is used
 
 
 def commit_data(store: Store, job: DataJob) -> Version:
     """One new version of an open file (``ConflictError`` if its series moved on)."""
     source: object = _streamed(store, job)
+    if source is not None and job.on_streamed is not None:
+        job.on_streamed(source)  # type: ignore[arg-type]
     if source is None:
-        source = job.source() if job.payload_changed else ...
+        source = _current(store, job.view, job.source()) if job.payload_changed else ...
     with _closing(source):
         v = store.commit(
             job.view,
@@ -132,10 +137,18 @@ def commit_batch(store: Store, jobs: list[DataJob]) -> list[Version]:
     return versions
 
 
+def _current(store: Store, view: PartitionView, source: object) -> object:
+    """``source``, or the bytes of a written payload whose key epoch has rotated since."""
+    if isinstance(source, WrittenPayload) and source.epoch != store.partition(view.id).current_keys().epoch:
+        keys = store.partition(view.id).epoch_keys(source.epoch)
+        return IterStream(store.payloads.iter_written(source, keys, view.id))
+    return source
+
+
 def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> Version:
     """Commit the writer's data as a new object ``<key>.conflict-<hash8>`` next to the file."""
     tag = winner or (job.prev.hash if job.prev is not None else os.urandom(32))
-    source = job.source()
+    source = _current(store, job.view, job.source())
     with _closing(source):
         v = store.commit(
             job.view,

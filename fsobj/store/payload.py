@@ -190,17 +190,27 @@ class PayloadIO:
 
     def expand(self, header: VersionHeader, keys: crypto.EpochKeys) -> tuple[list[ChunkRef], list[bytes]]:
         """(chunk list, ids of the chunk-list nodes walked to get it)."""
-        if header.chunks is not None:
-            return list(header.chunks), []
-        assert header.tree is not None
-        root, depth = header.tree
-        level = [ChunkRef(root, header.length)]
+        return self._expand(header.chunks, header.tree, header.length, keys, header.partition)
+
+    def _expand(
+        self,
+        chunks: tuple[ChunkRef, ...] | None,
+        tree: tuple[bytes, int] | None,
+        length: int,
+        keys: crypto.EpochKeys,
+        pid: bytes,
+    ) -> tuple[list[ChunkRef], list[bytes]]:
+        if chunks is not None:
+            return list(chunks), []
+        assert tree is not None
+        root, depth = tree
+        level = [ChunkRef(root, length)]
         nodes: list[bytes] = []
         for _ in range(depth):
             nxt: list[ChunkRef] = []
             for node in level:
                 nodes.append(node.id)
-                plain = self._open(crypto.KIND_CHUNK_LIST, keys, header.partition, node.id)
+                plain = self._open(crypto.KIND_CHUNK_LIST, keys, pid, node.id)
                 entries = decode_chunk_list(plain)
                 if sum(e.length for e in entries) != node.length:
                     raise IntegrityError(f"chunk list {node.id.hex()} does not add up to its length")
@@ -234,19 +244,30 @@ class PayloadIO:
         so the whole-payload checksum is not recomputed here (``verify`` does).
         """
         refs = self.chunk_refs(header, keys)
+        yield from self._iter_chunks(refs, header.length, keys, header.partition, progress)
+
+    def iter_written(self, written: WrittenPayload, keys: crypto.EpochKeys, pid: bytes) -> Iterator[bytes]:
+        """Yield the plaintext of a payload written but not (yet) named by a header,
+        verified as :meth:`iter_payload` verifies (``keys``: those of ``written.epoch``)."""
+        refs = self._expand(written.chunks, written.tree, written.length, keys, pid)[0]
+        yield from self._iter_chunks(refs, written.length, keys, pid, None)
+
+    def _iter_chunks(
+        self, refs: list[ChunkRef], length: int, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
+    ) -> Iterator[bytes]:
         total = 0
         window: collections.deque[Future[bytes]] = collections.deque()
         it = iter(refs)
         try:
             for ref in it:
-                window.append(self.pool.submit(self.read_chunk, ref, keys, header.partition))
+                window.append(self.pool.submit(self.read_chunk, ref, keys, pid))
                 if len(window) >= WINDOW:
                     break
             while window:
                 data = window.popleft().result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    window.append(self.pool.submit(self.read_chunk, nxt, keys, header.partition))
+                    window.append(self.pool.submit(self.read_chunk, nxt, keys, pid))
                 total += len(data)
                 if progress:
                     progress(len(data))
@@ -254,7 +275,7 @@ class PayloadIO:
         finally:
             for fut in window:
                 fut.cancel()
-        if total != header.length:
+        if total != length:
             raise IntegrityError("payload length does not match its header")
 
 
