@@ -246,7 +246,7 @@ class Feeds:
         leased: list[tuple[MessageRow, str]] = []
         with self.index.write(bump=False):
             for m in self.index.take_messages(row.feed_id, now, limit):
-                receipt = secrets.token_urlsafe(18)
+                receipt = secrets.token_hex(16)  # never starts with '-' (a command line would take it for an option)
                 self.index.lease_message(row.feed_id, m.seq, receipt, now + int(visibility_s * 1e6))
                 leased.append((m, receipt))
         out, skipped = [], []
