@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,64 @@ def test_kill_9_then_remount_and_verify(world: World) -> None:  # noqa: F811
     (m2.part / "after").write_text("works")
     m2.stop()
     assert world.fsobj("verify").returncode == 0
+
+
+def _helper_of(daemon_pid: int) -> int | None:
+    """The pid of a daemon's commit helper process (fsobj.fs.helper), if it runs."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == daemon_pid and b"fsobj.fs.helper" in cmdline:
+            return int(entry)
+    return None
+
+
+def _write_syscalls(pid: int) -> int:
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(io["syscw"])
+
+
+def test_the_commit_helper_commits_closed_files_and_never_outlives_the_daemon(world: World) -> None:  # noqa: F811
+    m = world.mount()
+    helper = _helper_of(m.proc.pid)
+    assert helper is not None, m.log.read_text()
+    before = _write_syscalls(helper)
+    (m.part / "d").mkdir()
+    for i in range(200):
+        (m.part / "d" / f"f{i}").write_bytes(f"file {i}\n".encode() * (i + 1))
+    sync_dir(m.part / "d")
+    assert _write_syscalls(helper) - before >= 200  # the helper wrote the blobs (one header each)
+    listed = {e["sort_key"] for e in json.loads(world.fsobj("ls", "p", "--prefix", "d/", "--json").stdout)}
+    assert listed == {"d/"} | {f"d/f{i}" for i in range(200)}  # the directory's marker and its files
+    assert "commit helper started" in m.log.read_text()
+    m.kill9()
+    wait_for(lambda: _helper_of(m.proc.pid) is None and not Path(f"/proc/{helper}").exists(), what="the helper to exit")
+    assert world.fsobj("verify").returncode == 0
+    m2 = world.mount("again")
+    assert (m2.part / "d" / "f199").read_bytes() == b"file 199\n" * 200
+
+
+def test_a_dead_commit_helper_leaves_the_daemon_committing_by_itself(world: World) -> None:  # noqa: F811
+    m = world.mount()
+    helper = _helper_of(m.proc.pid)
+    assert helper is not None
+    os.kill(helper, signal.SIGKILL)
+    wait_for(lambda: _helper_of(m.proc.pid) is None, what="the helper to be gone")
+    for i in range(30):
+        (m.part / f"g{i}").write_text(f"after {i}")
+    sync_dir(m.part)
+    os.unlink(m.part / "g0")
+    sync_dir(m.part)
+    names = {e["sort_key"] for e in json.loads(world.fsobj("ls", "p", "--json").stdout)}
+    assert names == {f"g{i}" for i in range(1, 30)}
+    assert "the daemon commits by itself" in m.log.read_text()
+    assert m.stop() == 0
+    assert world.fsobj("get", "p", "g29").stdout == b"after 29"
 
 
 def test_sigterm_commits_open_files_then_unmounts(world: World) -> None:  # noqa: F811

@@ -185,12 +185,13 @@ def fs_store(tmp_path: Path) -> Store:
     store.close()
 
 
-def run(fs_store: Store, tmp_path: Path, fn: object, commit_window: float = 0.0) -> None:
+def run(fs_store: Store, tmp_path: Path, fn: object, commit_window: float = 0.0, helper: bool = False) -> None:
     """Run ``fn(fs)`` on a started filesystem; with a ``commit_window`` the group committer
     runs beside it (and stops when ``fn`` returns)."""
 
     async def main() -> None:
-        fs = Filesystem(fs_store, Options(spill_dir=str(tmp_path), commit_window=commit_window))
+        opts = Options(spill_dir=str(tmp_path), commit_window=commit_window, commit_helper=helper)
+        fs = Filesystem(fs_store, opts)
         await fs.start()
         async with trio.open_nursery() as nursery:
             if commit_window:
@@ -419,6 +420,41 @@ def test_group_commit_puts_many_closed_files_in_one_transaction(fs_store: Store,
         assert fs_store.read_bytes(fs_store.get("p", "f19")) == b"x" * 19
 
     run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
+def test_the_group_commit_runs_in_the_helper_process_and_its_errors_cross_back(fs_store: Store, tmp_path: Path) -> None:
+    from fsobj.errors import ConflictError
+    from fsobj.fs import work
+
+    pids: list[int] = []
+
+    async def scenario(fs: Filesystem) -> None:
+        assert fs.helper is not None
+        pids.append(fs.helper.pid)
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        gen = fs_store.generation()
+        for i in range(20):
+            fh, _ = await fs.create(part, f"f{i}", 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"y" * (i + 1))
+            await fs.release(fh)
+        await fs.unlink(part, "f0")
+        await fs.fsyncdir()
+        assert sorted(e.sort_key for e in fs_store.list("p")) == sorted(f"f{i}" for i in range(1, 20))
+        assert fs_store.read_bytes(fs_store.get("p", "f19")) == b"y" * 20
+        # the helper's transactions count as the mount's own: nothing looks changed by others
+        assert fs_store.only_own_commits(gen, fs_store.generation())
+
+        # an error in the helper comes back as itself, with its attributes
+        stale = fs_store.log("p", "f5")[0]
+        fs_store.put("p", "f5", b"moved on")
+        ps = fs.parts[stale.header.partition]
+        job = work.DataJob(ps.view, stale, "f5", stale.header.posix, (), work.Given(b"late"), True)
+        with pytest.raises(ConflictError) as e:
+            await trio.to_thread.run_sync(fs.helper.call, work.commit_batch, [job])
+        assert e.value.current == fs_store.get("p", "f5").hash
+
+    run(fs_store, tmp_path, scenario, commit_window=5.0, helper=True)
+    assert not os.path.exists(f"/proc/{pids[0]}")  # stopped with the mount
 
 
 def test_a_name_freed_by_unlink_can_be_taken_again_within_the_window(fs_store: Store, tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ class MountConfig:
     foreground: bool = False
     debug: bool = False
     fuse: set[str] = field(default_factory=set)
-    fs: Options = field(default_factory=lambda: Options(commit_window=DEFAULT_COMMIT_WINDOW))
+    fs: Options = field(default_factory=lambda: Options(commit_window=DEFAULT_COMMIT_WINDOW, commit_helper=True))
     cache_dir: Path | None = None
     log_file: Path | None = None
     identity: str | None = None
@@ -81,6 +81,16 @@ def parse_options(config: MountConfig, option_args: tuple[str, ...]) -> MountCon
     return config
 
 
+def _flag(value: str) -> bool:
+    """A yes/no option value: 1/0, yes/no, true/false, on/off."""
+    v = value.lower()
+    if v in ("1", "yes", "true", "on"):
+        return True
+    if v in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _apply_option(config: MountConfig, opt: str) -> None:
     name, _, value = opt.partition("=")
     own: dict[str, Callable[[str], None]] = {
@@ -94,6 +104,7 @@ def _apply_option(config: MountConfig, opt: str) -> None:
         "refresh": lambda v: setattr(config.fs, "refresh_interval", float(v)),
         "threads": lambda v: setattr(config.fs, "threads", int(v)),
         "commit_window": lambda v: setattr(config.fs, "commit_window", float(v)),
+        "commit_helper": lambda v: setattr(config.fs, "commit_helper", _flag(v)),
     }
     if name in own:
         try:

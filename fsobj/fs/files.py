@@ -248,7 +248,8 @@ class FileOps(MountState):
                 parts = [self._part(of.pid) for of in ready]
                 jobs = [self._job(of, ps) for of, ps in zip(ready, parts, strict=True)]
                 try:
-                    done = await self._work(work.commit_batch, jobs)
+                    jobs = await self._thread(work.settle_sources, self.store, jobs)
+                    done = await self._far(work.commit_batch, jobs)
                 except ConflictError:
                     alone = ready  # only the losers become conflict copies
                 except Exception:

@@ -50,9 +50,13 @@ class Filesystem(NameOps, MetaOps, LookupOps):
 
     async def start(self) -> None:
         await self.refresh(force=True)
+        await self.start_helper()
 
     async def shutdown(self) -> None:
-        await self.flush_all()
+        try:
+            await self.flush_all()
+        finally:
+            await self.stop_helper()
         for of in list(self.files.values()):
             of.drop_staging()
 

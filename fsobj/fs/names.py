@@ -180,7 +180,7 @@ class NameOps(MountState):
                 log.error("partition %s vanished: %d tombstones not written", pid.hex()[:16], len(bases))
                 continue
             ns = work.Namespace(ps.view, [], bases, [], self._known_heads(ps, bases))
-            done = await self._work(work.change_names, ns)
+            done = await self._far(work.change_names, ns)
             self._apply(ps, done.value, done.gen_after)
 
     async def _lookup_settled(self, ps: PartState, path: str, name: str) -> Child | None:

@@ -30,6 +30,7 @@ import trio
 
 from fsobj.fs import work
 from fsobj.fs.committer import Committer
+from fsobj.fs.helper import CommitHelper, HelperError, NotPortable
 from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
 from fsobj.fs.tree import (
@@ -86,6 +87,7 @@ class Options:
     refresh_interval: float = 1.0  # how often the index generation is checked for others' changes
     threads: int = 8
     commit_window: float = 0.0  # group commit: closed files wait up to this long to commit together
+    commit_helper: bool = False  # run the group commit's store work in a helper process (fsobj.fs.helper)
 
 
 @dataclass
@@ -157,6 +159,7 @@ class MountState:
         self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(self.opts.threads)
         self.committer = Committer(self._commit_many, self._remove_many, window=self.opts.commit_window)
+        self.helper: CommitHelper | None = None  # started by start() when opts.commit_helper
         self.started_ns = time.time_ns()
         self._gen = -1
         self._next_check = 0.0
@@ -174,6 +177,41 @@ class MountState:
     async def _work(self, fn: Callable[..., T], *args: Any) -> work.Done[T]:
         """Run one logical store operation in a worker thread."""
         return await self._thread(work.run, self.store, fn, *args)
+
+    async def _far(self, fn: Callable[..., T], *args: Any) -> work.Done[T]:
+        """:meth:`_work` in the commit helper process when there is one and the arguments
+        can cross; here otherwise (and from then on, if the helper died)."""
+        if self.helper is None:
+            return await self._work(fn, *args)
+        return await self._thread(self._far_call, self.helper, fn, args)
+
+    def _far_call(self, helper: CommitHelper, fn: Callable[..., T], args: tuple[Any, ...]) -> work.Done[T]:
+        try:
+            return helper.call(fn, *args)
+        except NotPortable as e:
+            log.debug("%s", e)
+        except HelperError as e:
+            log.warning("%s; the daemon commits by itself from now on", e)
+            self.helper = None
+        return work.run(self.store, fn, *args)
+
+    async def start_helper(self) -> None:
+        if not self.opts.commit_helper or self.opts.read_only:
+            return
+        try:
+            self.helper = await self._thread(
+                CommitHelper, self.store.root, self.store.identity, self.store.index.note_own
+            )
+        except HelperError as e:
+            log.warning("%s; the daemon commits by itself", e)
+        else:
+            log.info("commit helper started (pid %d)", self.helper.pid)
+
+    async def stop_helper(self) -> None:
+        helper, self.helper = self.helper, None
+        if helper is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(helper.close)
 
     async def _version(self, h: bytes, view: PartitionView | None = None) -> Version:
         v = self.versions.get(h)
@@ -226,6 +264,8 @@ class MountState:
         gen = self.store.generation()
         if gen == self._gen:
             return
+        if self.helper is not None and self.helper.in_flight:
+            return  # its generations are not counted as ours yet: look again next time
         if self.store.only_own_commits(self._gen, gen):
             self._gen = gen  # our own transactions: each applies its versions to the trees itself
         else:

@@ -130,6 +130,38 @@ def _closing(source: object) -> Iterator[None]:
             close()
 
 
+@dataclass(frozen=True)
+class Given:
+    """A source factory that returns what was read earlier (so that it can cross to the
+    commit helper, ``fsobj.fs.helper``)."""
+
+    value: object
+
+    def __call__(self) -> Any:
+        return self.value
+
+
+def settle_sources(store: Store, jobs: list[DataJob]) -> list[DataJob]:
+    """Finish the jobs' streams and read the sources that are plain data (in memory, or a
+    payload already written), so that the jobs can cross to the commit helper. A source
+    that would read a spill file is left as it is (the job then commits here)."""
+    for job in jobs:
+        written = _streamed(store, job)
+        if written is not None:
+            if job.on_streamed is not None:
+                job.on_streamed(written)
+            job.source = Given(written)
+        elif job.payload_changed:
+            source = job.source()
+            if isinstance(source, (bytes, WrittenPayload)):
+                job.source = Given(source)
+            else:
+                with _closing(source):
+                    pass
+        job.on_streamed = None
+    return jobs
+
+
 def commit_batch(store: Store, jobs: list[DataJob]) -> list[Version]:
     """Several open files in one transaction; ``ConflictError`` (nothing committed) if any lost a race."""
     with batch(store):

@@ -183,6 +183,17 @@ class Index(FeedQueries):
                     self._own.clear()  # nobody asks: forget (the worst outcome is one needless reload)
                 self._own.add(int(gen))
 
+    def take_own(self) -> set[int]:
+        """The generations our own transactions produced since the last call (and forget them)."""
+        with self._own_lock:
+            own, self._own = self._own, set()
+        return own
+
+    def note_own(self, generations: Iterable[int]) -> None:
+        """Count generations made by a helper acting for us as our own."""
+        with self._own_lock:
+            self._own.update(generations)
+
     def only_own_commits(self, since: int, now: int) -> bool:
         """Whether every generation in (since, now] was made through this object (no other
         process or Index committed in between). Forgets generations up to ``now``."""
