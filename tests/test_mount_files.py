@@ -4,6 +4,7 @@ module; each test works in its own directory."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -189,6 +190,56 @@ def _read_other(path: Path, off: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(off)
         return f.read(4096)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """renameat2(a, b, RENAME_EXCHANGE), what ``mv --exchange`` of newer coreutils calls."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out.update({os.path.normpath(os.path.join(rel, n)): None for n in dirnames})
+        out.update({os.path.normpath(os.path.join(rel, n)): Path(dirpath, n).read_bytes() for n in filenames})
+    return out
+
+
+def test_rename_exchange_swaps_files_and_directories_like_a_local_filesystem(
+    shared_mount: Mount,  # noqa: F811
+    d: Path,
+    tmp_path: Path,
+) -> None:
+    results = []
+    for root in (d, tmp_path / "plain"):  # the same steps on a plain directory must end the same
+        (root / "dir1" / "sub").mkdir(parents=True)
+        (root / "dir1" / "sub" / "deep.txt").write_text("deep")
+        (root / "dir2").mkdir()
+        (root / "dir2" / "two.txt").write_text("two")
+        (root / "f.txt").write_text("file f")
+        (root / "g.txt").write_text("file g")
+        bases = {n: os.getxattr(root / n, "user.fsobj.base_hash") for n in ("f.txt", "g.txt")} if root == d else {}
+        _exchange(root / "f.txt", root / "g.txt")
+        _exchange(root / "dir1", root / "dir2")
+        _exchange(root / "f.txt", root / "dir2")  # a file and a directory
+        errors = []
+        for a, b in (("f.txt", "f.txt/sub"), ("g.txt", "missing")):
+            with pytest.raises(OSError) as e:
+                _exchange(root / a, root / b)
+            errors.append(e.value.errno)
+        results.append((_snapshot(root), errors))
+        if bases:  # each object kept its series: the swapped names carry the old baseHashes
+            assert os.getxattr(root / "g.txt", "user.fsobj.base_hash") == bases["f.txt"]
+            assert os.getxattr(root / "dir2", "user.fsobj.base_hash") == bases["g.txt"]
+    assert results[0] == results[1]
+    assert results[0][1] == [errno.EINVAL, errno.ENOENT]
+    assert results[0][0]["f.txt/sub/deep.txt"] == b"deep" and results[0][0]["dir2"] == b"file g"
+    keys = {e["sort_key"] for e in json.loads(shared_mount.world.fsobj("ls", "p", "--prefix", d.name, "--json").stdout)}
+    assert f"{d.name}/f.txt/sub/deep.txt" in keys and f"{d.name}/dir1/two.txt" in keys
 
 
 def test_getfattr_and_setfattr(shared_mount: Mount, d: Path) -> None:  # noqa: F811

@@ -97,12 +97,22 @@ class InodeTable:
         self._ino[new] = ino
         self._key[ino] = new
 
-    def rekey_where(self, match: Callable[[NodeKey], NodeKey | None]) -> None:
-        """Rekey every node for which ``match(key)`` returns a new key."""
-        for key in [k for k in self._ino if match(k) is not None]:
-            new = match(key)
-            assert new is not None
-            self.rekey(key, new)
+    def rekey_where(self, match: Callable[[NodeKey], NodeKey | None], together: bool = False) -> None:
+        """Rekey every node for which ``match(key)`` returns a new key; ``together``: all at
+        once, for a mapping whose new keys are old keys of others (an exchange)."""
+        moves = [(k, new) for k in list(self._ino) if (new := match(k)) is not None]
+        if not together:
+            for key, new in moves:
+                self.rekey(key, new)
+            return
+        inos = [(self._ino.pop(key), new) for key, new in moves]
+        for ino, new in inos:
+            stale = self._ino.pop(new, None)
+            if stale is not None:
+                self._key[stale] = ("gone", stale)  # the displaced inode resolves to nothing
+                self._ino[("gone", stale)] = stale
+            self._ino[new] = ino
+            self._key[ino] = new
 
     def lookups(self, ino: int) -> int:
         return self._lookups.get(ino, 0)

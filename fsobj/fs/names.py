@@ -237,8 +237,8 @@ class NameOps(MountState):
         await self.refresh(force=True)
 
     async def rename(self, parent_old: int, name_old: str, parent_new: int, name_new: str, flags: int) -> None:
-        if flags & RENAME_EXCHANGE:
-            raise oserror(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        if flags & RENAME_EXCHANGE and flags & RENAME_NOREPLACE:
+            raise oserror(errno.EINVAL)
         ps, src_dir = self._dir_of(parent_old)
         ps_new, dst_dir = self._dir_of(parent_new)
         if ps_new is not ps:
@@ -250,6 +250,9 @@ class NameOps(MountState):
             tree = await self._tree(ps)
             if src is None:
                 raise oserror(errno.ENOENT)
+            if flags & RENAME_EXCHANGE:
+                await self._exchange(ps, tree, src, dst, (src_dir, name_old), (dst_dir, name_new))
+                return
             if dst is not None and flags & RENAME_NOREPLACE:
                 raise oserror(errno.EEXIST)
             if dst == src:
@@ -260,6 +263,35 @@ class NameOps(MountState):
                 await self._rename_dir(ps, tree, src.path, join(dst_dir, name_new), dst, origin)
             else:
                 await self._rename_file(ps, src.ref, new_key, dst, origin)
+
+    async def _exchange(
+        self,
+        ps: PartState,
+        tree: PartitionTree,
+        a: Child,
+        b: Child | None,
+        where_a: tuple[str, str],
+        where_b: tuple[str, str],
+    ) -> None:
+        """``renameat2(RENAME_EXCHANGE)``: the two names swap what they stand for, in one
+        transaction; each object keeps its baseHash (a directory: everything under it)."""
+        if b is None:
+            raise oserror(errno.ENOENT)
+        if a == b:
+            return
+        path_a = a.path if a.is_dir else join(*where_a)
+        path_b = b.path if b.is_dir else join(*where_b)
+        if (a.is_dir and is_under(path_b, path_a)) or (b.is_dir and is_under(path_a, path_b)):
+            raise oserror(errno.EINVAL, "cannot exchange a directory with something inside it")
+        moves: list[tuple[Ref, str]] = []
+        for child, here, there in ((a, path_a, where_b), (b, path_b, where_a)):
+            if child.is_dir:
+                moves += [(ref, moved_key(key, here, join(*there))) for ref, key in tree.refs_under(here)]
+            else:
+                moves.append((child.ref, self._new_key(*there)))
+        await self._change_names(ps, moves, [], keep=[])
+        if a.is_dir or b.is_dir:
+            self.inodes.rekey_where(partial(_exchanged_dir_key, ps.pid, path_a, path_b), together=True)
 
     async def _rename_file(
         self, ps: PartState, ref: Ref, new_key: str, dst: Child | None, origin: tuple[str, str] | None
@@ -386,6 +418,16 @@ def _empties(tree: PartitionTree, path: str, refs: set[Ref], subdirs: set[str]) 
     left_files = any(r not in refs for rs in d.files.values() for r in rs)
     left_dirs = any(n not in subdirs for n in d.subdirs)
     return not left_files and not left_dirs
+
+
+def _exchanged_dir_key(pid: bytes, a: str, b: str, key: NodeKey) -> NodeKey | None:
+    """The directory node keys of two exchanged paths (and what is under them), swapped."""
+    if key[0] != "dir" or key[1] != pid or not key[2]:
+        return None
+    for here, there in ((a, b), (b, a)):
+        if is_under(key[2], here):
+            return ("dir", pid, there + key[2][len(here) :])
+    return None
 
 
 def _moved_dir_key(pid: bytes, old: str, new: str, key: NodeKey) -> NodeKey | None:
