@@ -195,12 +195,14 @@ class MountBench:
     def small(self, work: Path) -> dict[str, Any]:
         d = work / "small"
         d.mkdir()
-        data = os.urandom(4096)
+        # every file has its own bytes: shared content would let fsobj store one chunk for
+        # all of them (and read it from one cached blob), which no real tree of files does
+        seed = os.urandom(4088)
 
         def create(n: int, start: int = 0) -> None:
             for i in range(start, start + n):
                 with open(d / f"f{i:06d}", "wb") as f:
-                    f.write(data)
+                    f.write(i.to_bytes(8, "little") + seed)
 
         # each phase ends with fsync of the directory, so work a filesystem defers (fsobj's
         # group commit, for one) is counted where it was caused, not in the next phase
