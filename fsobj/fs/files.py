@@ -258,6 +258,11 @@ class FileOps(MountState):
                 else:
                     for of, ps, v in zip(ready, parts, done.value, strict=True):
                         self._committed(of, ps, v, done.gen_after)
+                # the group commit gets only files staged in memory (release() leaves those alone),
+                # but should one have been released, it gets its bytes before the locks go
+                if alone:
+                    for of, ps in zip(ready, parts, strict=True):
+                        await self._restore(of, ps)
         for of in alone:
             try:
                 await self._commit(of)
