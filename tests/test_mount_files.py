@@ -4,7 +4,6 @@ module; each test works in its own directory."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -14,7 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_mount_support import Mount, needs_fuse, sh, shared_mount, sync_dir  # noqa: F401
+from test_mount_support import Mount, exchange, needs_fuse, sh, shared_mount, sync_dir  # noqa: F401
 
 pytestmark = needs_fuse
 
@@ -192,14 +191,6 @@ def _read_other(path: Path, off: int) -> bytes:
         return f.read(4096)
 
 
-def _exchange(a: Path, b: Path) -> None:
-    """renameat2(a, b, RENAME_EXCHANGE), what ``mv --exchange`` of newer coreutils calls."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(a))
-
-
 def _snapshot(root: Path) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -223,13 +214,13 @@ def test_rename_exchange_swaps_files_and_directories_like_a_local_filesystem(
         (root / "f.txt").write_text("file f")
         (root / "g.txt").write_text("file g")
         bases = {n: os.getxattr(root / n, "user.fsobj.base_hash") for n in ("f.txt", "g.txt")} if root == d else {}
-        _exchange(root / "f.txt", root / "g.txt")
-        _exchange(root / "dir1", root / "dir2")
-        _exchange(root / "f.txt", root / "dir2")  # a file and a directory
+        exchange(root / "f.txt", root / "g.txt")
+        exchange(root / "dir1", root / "dir2")
+        exchange(root / "f.txt", root / "dir2")  # a file and a directory
         errors = []
         for a, b in (("f.txt", "f.txt/sub"), ("g.txt", "missing")):
             with pytest.raises(OSError) as e:
-                _exchange(root / a, root / b)
+                exchange(root / a, root / b)
             errors.append(e.value.errno)
         results.append((_snapshot(root), errors))
         if bases:  # each object kept its series: the swapped names carry the old baseHashes

@@ -1,5 +1,5 @@
 """A Hypothesis state machine applies random file operations (create, write at
-offset, truncate, rename, unlink, mkdir, rmdir) to the mount and to a plain
+offset, truncate, rename, rename with exchange, unlink, mkdir, rmdir) to the mount and to a plain
 directory, and checks that both give the same results and the same tree."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from test_mount_support import Mount, needs_fuse, shared_mount  # noqa: F401
+from test_mount_support import Mount, exchange, needs_fuse, shared_mount  # noqa: F401
 
 pytestmark = needs_fuse
 
@@ -92,6 +92,10 @@ class MountAgreesWithPlainDirectory(RuleBasedStateMachine):
     @rule(src=ANY_PATH, dst=ANY_PATH)
     def rename(self, src: str, dst: str) -> None:
         self.both(os.rename, src, dst, paths=2)
+
+    @rule(a=ANY_PATH, b=ANY_PATH)
+    def exchange(self, a: str, b: str) -> None:
+        self.both(exchange, a, b, paths=2)
 
     @rule(path=PATHS)
     def unlink(self, path: str) -> None:

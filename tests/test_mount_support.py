@@ -9,6 +9,7 @@ the test's temporary directory.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -32,6 +33,14 @@ MOUNT_TIMEOUT_S = 20.0
 needs_fuse = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None, reason="needs /dev/fuse and fusermount3"
 )
+
+
+def exchange(a: Path | str, b: Path | str) -> None:
+    """renameat2(a, b, RENAME_EXCHANGE), what ``mv --exchange`` of newer coreutils calls."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
 
 
 @dataclass
