@@ -246,7 +246,9 @@ class FileOps(MountState):
             ready = [of for of in ofs if self._ready(of) and all(w.flushed for w in of.writers(self.handles))]
             if ready:
                 parts = [self._part(of.pid) for of in ready]
-                jobs = [self._job(of, ps) for of, ps in zip(ready, parts, strict=True)]
+                # files staged in memory only (release() has no spill file to empty): nothing
+                # to give back if the batch fails, so the batch keeps no stream payload
+                jobs = [self._job(of, ps, keep_streamed=False) for of, ps in zip(ready, parts, strict=True)]
                 try:
                     jobs = await self._thread(work.settle_sources, self.store, jobs)
                     done = await self._far(work.commit_batch, jobs)
@@ -258,11 +260,6 @@ class FileOps(MountState):
                 else:
                     for of, ps, v in zip(ready, parts, done.value, strict=True):
                         self._committed(of, ps, v, done.gen_after)
-                # the group commit gets only files staged in memory (release() leaves those alone),
-                # but should one have been released, it gets its bytes before the locks go
-                if alone:
-                    for of, ps in zip(ready, parts, strict=True):
-                        await self._restore(of, ps)
         for of in alone:
             try:
                 await self._commit(of)
@@ -279,11 +276,11 @@ class FileOps(MountState):
             of.drop_staging()
         return of.dirty
 
-    def _job(self, of: OpenFile, ps: PartState) -> work.DataJob:
+    def _job(self, of: OpenFile, ps: PartState, keep_streamed: bool = True) -> work.DataJob:
         source = of.source(self.store, ps.view)
         job = work.DataJob(ps.view, of.base, of.sort_key, of.posix, of.headers, source, of.payload_changed)
         job.stream = of.take_stream()
-        job.on_streamed = of.keep_streamed
+        job.on_streamed = of.keep_streamed if keep_streamed else None
         return job
 
     async def _restore(self, of: OpenFile, ps: PartState) -> None:

@@ -94,13 +94,18 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unknown reference {pid!r}")
 
 
-def _send(fd: int, obj: object) -> None:
+def _frame(obj: object) -> memoryview:
+    """One message: the length, then the pickle (pickled in place behind a placeholder)."""
     buf = io.BytesIO()
     buf.write(_LEN.pack(0))
     _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     data = buf.getbuffer()
     data[: _LEN.size] = _LEN.pack(len(data) - _LEN.size)
-    _write_all(fd, data)
+    return data
+
+
+def _send(fd: int, obj: object) -> None:
+    _write_all(fd, _frame(obj))
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -192,9 +197,8 @@ class CommitHelper:
         name = fn.__name__
         if FUNCTIONS.get(name) is not fn:
             raise ValueError(f"{name} does not run in the commit helper")
-        message = io.BytesIO()
         try:
-            _Pickler(message, protocol=pickle.HIGHEST_PROTOCOL).dump((name, args))
+            message = _frame((name, args))  # before taking the lock: NotPortable sends nothing
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             raise NotPortable(f"arguments of {name} cannot cross to the helper: {e}") from e
         with self._lock:
@@ -202,7 +206,7 @@ class CommitHelper:
                 raise HelperError("the commit helper is gone")
             self.in_flight += 1
             try:
-                _write_all(self._to, memoryview(_LEN.pack(len(message.getbuffer())) + message.getbuffer()))
+                _write_all(self._to, message)
                 reply = _receive(self._from, None)
                 if not isinstance(reply, tuple) or not reply or reply[0] not in ("ok", "error"):
                     raise ValueError(f"a reply of type {type(reply).__name__}")

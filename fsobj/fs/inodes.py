@@ -88,11 +88,14 @@ class InodeTable:
     def rekey(self, old: NodeKey, new: NodeKey) -> None:
         """The node ``old`` is now called ``new`` (a pending file got its baseHash, a directory moved)."""
         ino = self._ino.pop(old, None)
-        if ino is None:
-            return
+        if ino is not None:
+            self._assign(ino, new)
+
+    def _assign(self, ino: int, new: NodeKey) -> None:
+        """``ino`` is now called ``new``; an inode that had that name resolves to nothing."""
         stale = self._ino.pop(new, None)
         if stale is not None and stale != ino:
-            self._key[stale] = ("gone", stale)  # the displaced inode resolves to nothing
+            self._key[stale] = ("gone", stale)
             self._ino[("gone", stale)] = stale
         self._ino[new] = ino
         self._key[ino] = new
@@ -105,14 +108,8 @@ class InodeTable:
             for key, new in moves:
                 self.rekey(key, new)
             return
-        inos = [(self._ino.pop(key), new) for key, new in moves]
-        for ino, new in inos:
-            stale = self._ino.pop(new, None)
-            if stale is not None:
-                self._key[stale] = ("gone", stale)  # the displaced inode resolves to nothing
-                self._ino[("gone", stale)] = stale
-            self._ino[new] = ino
-            self._key[ino] = new
+        for ino, new in [(self._ino.pop(key), new) for key, new in moves]:
+            self._assign(ino, new)
 
     def lookups(self, ino: int) -> int:
         return self._lookups.get(ino, 0)

@@ -164,16 +164,13 @@ class OpenFile:
         """
         staging = self.staging
         reader = self.reader(store, view)
-        if self.streamed is not None:  # a failed commit left it (its staging was released)
-            streamed = self.streamed
-            return lambda: streamed
         if staging is None:
             # the payload is the base's (commits pass source=... then; a conflict copy reads it)
             return lambda: IterStream(reader.iter_range(0, reader.length)) if reader else b""
         small = staging.memory_bytes()
         if small is not None:
             return lambda: small
-        # the commit may keep its stream's payload (keep_streamed): a second read then uses it
+        # a commit may keep its stream's payload (keep_streamed): retries and conflict copies use it
         return lambda: self.streamed or staging.whole_file() or IterStream(_compose(staging, reader))
 
 

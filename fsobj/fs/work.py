@@ -90,8 +90,6 @@ class DataJob:
 def commit_data(store: Store, job: DataJob) -> Version:
     """One new version of an open file (``ConflictError`` if its series moved on)."""
     source: object = _streamed(store, job)
-    if source is not None and job.on_streamed is not None:
-        job.on_streamed(source)  # type: ignore[arg-type]
     if source is None:
         source = _current(store, job.view, job.source()) if job.payload_changed else ...
     with _closing(source):
@@ -108,7 +106,8 @@ def commit_data(store: Store, job: DataJob) -> Version:
 
 
 def _streamed(store: Store, job: DataJob) -> WrittenPayload | None:
-    """The payload written by the job's stream, if it completed under the current key epoch."""
+    """The payload written by the job's stream, if it completed under the current key epoch
+    (then ``job.on_streamed`` is told it)."""
     stream, job.stream = job.stream, None  # a retry or a conflict copy reads the staging
     if stream is None:
         return None
@@ -117,6 +116,8 @@ def _streamed(store: Store, job: DataJob) -> WrittenPayload | None:
         return None
     if written.epoch != store.partition(job.view.id).current_keys().epoch:
         return None  # the key rotated meanwhile: write it again from the staging
+    if job.on_streamed is not None:
+        job.on_streamed(written)
     return written
 
 
@@ -148,8 +149,6 @@ def settle_sources(store: Store, jobs: list[DataJob]) -> list[DataJob]:
     for job in jobs:
         written = _streamed(store, job)
         if written is not None:
-            if job.on_streamed is not None:
-                job.on_streamed(written)
             job.source = Given(written)
         elif job.payload_changed:
             source = job.source()
@@ -171,10 +170,12 @@ def commit_batch(store: Store, jobs: list[DataJob]) -> list[Version]:
 
 def _current(store: Store, view: PartitionView, source: object) -> object:
     """``source``, or the bytes of a written payload whose key epoch has rotated since."""
-    if isinstance(source, WrittenPayload) and source.epoch != store.partition(view.id).current_keys().epoch:
-        keys = store.partition(view.id).epoch_keys(source.epoch)
-        return IterStream(store.payloads.iter_written(source, keys, view.id))
-    return source
+    if not isinstance(source, WrittenPayload):
+        return source
+    current = store.partition(view.id)
+    if source.epoch == current.current_keys().epoch:
+        return source
+    return IterStream(store.payloads.iter_written(source, current.epoch_keys(source.epoch), view.id))
 
 
 def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> Version:
