@@ -269,6 +269,8 @@ def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) ->
     assert len(result["rounds"]) == 2
     for r in result["rounds"]:
         assert r["fsobj"]["seq_write_MiB_s"] > 0 and r["plain"]["read_4k_files_per_s"] > 0
+        assert r["fsobj"]["edit_4k_s"] > 0 and r["plain"]["edit_4k_share_of_write"] > 0
+        assert 0 < r["fsobj"]["edit_4k_store_grew_KiB"] < 3 * 1024  # the chunk around the edit, not the file
     fs = result["mount"]["fsobj"]
     assert fs["versions_of_one_file"] == 5  # measured in the last round only
     assert "versions_of_one_file" not in result["rounds"][0]["fsobj"]

@@ -494,3 +494,32 @@ def test_streamed_big_writes_with_reads_and_a_seek_back_while_open(d: Path) -> N
     (d / "sequential.bin").write_bytes(sequential)
     assert (d / "sequential.bin").read_bytes() == sequential
     assert versions_of(f)[-1].read_bytes() == bytes(expected)
+
+
+def test_a_small_edit_of_a_big_file_is_the_version_a_whole_write_gives(d: Path, tmp_path: Path) -> None:
+    """A 4 KiB overwrite, an append and a truncate of a 12 MiB file commit spliced payloads
+    (only the chunks around the change are cut again): byte for byte the edited content,
+    with the checksum and chunk count of the same bytes copied in whole."""
+    import blake3
+
+    local = tmp_path / "big.bin"
+    local.write_bytes(random.Random(11).randbytes(12 * 1024 * 1024))
+    f = d / "big.bin"
+    sh(f"cp '{local}' '{f}'")
+    patch = random.Random(12).randbytes(4096)
+    (tmp_path / "patch").write_bytes(patch)
+    steps = [
+        f"dd if='{tmp_path}/patch' of='{{}}' bs=4096 count=1 seek=1500 conv=notrunc status=none",
+        "printf 'appended\\n' >> '{}'",
+        f"truncate -s {12 * 1024 * 1024 - 7777} '{{}}'",
+    ]
+    for n, step in enumerate(steps, start=2):
+        sh(step.format(local))
+        sh(step.format(f))
+        assert os.getxattr(f, "user.fsobj.version") == str(n).encode()
+        sh(f"cmp '{local}' '{f}'")
+        whole = d / f"whole{n}.bin"
+        sh(f"cp '{local}' '{whole}'")
+        assert os.getxattr(f, "user.fsobj.checksum") == blake3.blake3(local.read_bytes()).hexdigest().encode()
+        for name in ("checksum", "chunks", "length"):
+            assert os.getxattr(f, f"user.fsobj.{name}") == os.getxattr(whole, f"user.fsobj.{name}"), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import itertools
 import os
 import random
@@ -12,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fsobj.blobs.local as local_blobs
@@ -616,3 +617,82 @@ def test_chunking_pieces_cut_like_the_whole(
     got = list(chunking.split_pieces(pieces, seed))
     assert [bytes(c) for c in got] == [bytes(c) for c in chunking.split_bytes(data, seed)]
     assert all(c.readonly for c in got)
+
+
+@pytest.fixture(scope="module")
+def splice_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, crypto.Identity, bytes]:
+    """A store holding one 12 MiB payload (about 20 chunks), edited by the splice tests."""
+    root = tmp_path_factory.mktemp("splice") / "store"
+    Store.init(root)
+    owner = crypto.Identity.generate("editor")
+    with Store.open(root, owner) as s:
+        pid = s.create_partition("edits").id
+        s.put(pid, "base", rand_bytes(12 * MiB, 7))
+    return root, owner, pid
+
+
+edits = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 13 * MiB), st.integers(1, 300_000)),
+        st.tuples(st.just("truncate"), st.integers(0, 13 * MiB), st.just(0)),
+    ),
+    min_size=0,
+    max_size=3,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=edits, seed=st.integers(0, 2**32 - 1))
+@example(ops=[("write", 6 * MiB, 4096)], seed=1)  # a small edit in the middle
+@example(ops=[("write", 12 * MiB, 1000)], seed=2)  # an append: the base's last chunk was cut by its end
+@example(ops=[("truncate", 12 * MiB - 5000, 0)], seed=3)
+@example(ops=[("truncate", 5 * MiB, 0), ("truncate", 12 * MiB, 0)], seed=4)  # a hole where bytes were
+@example(ops=[], seed=5)
+def test_a_spliced_edit_is_the_payload_a_whole_write_gives(
+    splice_base: tuple[Path, crypto.Identity, bytes], ops: list[tuple[str, int, int]], seed: int
+) -> None:
+    """Writes and truncates applied to a committed payload, committed as a ``Splice``:
+    the same chunk list and checksum as writing the whole new content, and new blobs
+    only for the chunks around the edits."""
+    from fsobj.store.payload import Splice
+
+    root, owner, pid = splice_base
+    rng = random.Random(seed)
+    with Store.open(root, owner) as s:
+        base = s.get(pid, "base")
+        new = bytearray(s.read_bytes(base))
+        changed: list[tuple[int, int]] = []  # what may differ from the base, at the same offsets
+        for op, off, n in ops:
+            end = off + n if op == "write" else off
+            if end > len(new):
+                changed.append((len(new), end))  # an extension (zeros up to a write)
+                new.extend(bytes(end - len(new)))
+            if op == "write":
+                new[off:end] = rng.randbytes(n)
+                changed.append((off, end))
+            else:
+                del new[off:]
+        data = bytes(new)
+        changed = [(a, min(b, len(data))) for a, b in changed if a < len(data)]
+        span = (min(a for a, _ in changed), max(b for _, b in changed)) if changed else None
+        view = s.partition(pid)
+        before = blob_files(root)
+        stored: list[int] = []  # chunks cut and identified again (the real _store, counted)
+        real_store = s.payloads._store
+        s.payloads._store = lambda kind, *a: stored.append(kind) or real_store(kind, *a)  # type: ignore[method-assign]
+        v = s.commit(
+            view, None, sort_key=f"edit{seed}", source=Splice(base.header, len(data), span, lambda a: [data[a:]])
+        )
+        added = blob_files(root) - before
+        del s.payloads._store
+        if span is not None and span[1] - span[0] <= 4096 and len(data) == base.header.length:
+            assert stored.count(crypto.KIND_CHUNK) <= 3  # a small edit cuts a chunk or two again, not all
+        keys = view.current_keys()
+        whole = s.payloads.write(io.BytesIO(data), keys, pid)
+        assert (v.header.length, v.header.checksum) == (len(data), whole.checksum)
+        assert chunk_ids(s, v) == whole.refs[: len(chunk_ids(s, v))] and len(whole.refs) == len(chunk_ids(s, v))
+        assert s.read_bytes(v) == data
+        base_chunks = set(chunk_ids(s, base))
+        fresh = [c for c in chunk_ids(s, v) if c not in base_chunks]
+        # new blobs: the chunks that differ from the base's, and the header
+        assert len(added) <= len(fresh) + 1

@@ -36,9 +36,9 @@ from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import Ref
 from fsobj.model.header import Posix
 from fsobj.store import PartitionView, Store, Version
-from fsobj.store.payload import IterStream, WrittenPayload
+from fsobj.store.payload import IterStream, Splice, WrittenPayload
 
-Source = Callable[[], BinaryIO | bytes | WrittenPayload]
+Source = Callable[[], BinaryIO | bytes | WrittenPayload | Splice]
 
 
 @dataclass
@@ -171,13 +171,24 @@ class OpenFile:
         if small is not None:
             return lambda: small
         # a commit may keep its stream's payload (keep_streamed): retries and conflict copies use it
-        return lambda: self.streamed or staging.whole_file() or IterStream(_compose(staging, reader))
+        return lambda: self.streamed or staging.whole_file() or _edited(staging, reader)
 
 
-def _compose(staging: Staging, reader: PayloadReader | None) -> Iterator[bytes]:
-    """The logical content: dirty pieces from the staging, base pieces from the reader, zeros for holes."""
+def _edited(staging: Staging, reader: PayloadReader | None) -> Splice | IterStream:
+    """The content of a file that keeps bytes of its base: a splice of the base's payload,
+    so that the commit cuts and stores again only the chunks around the changes."""
+    if reader is None:
+        return IterStream(_compose(staging, None, 0))
+    changed = [p for p in staging.pieces(0, staging.size) if p.kind != BASE]
+    span = (changed[0].start, changed[-1].end) if changed else None
+    return Splice(reader.version.header, staging.size, span, lambda start: _compose(staging, reader, start))
+
+
+def _compose(staging: Staging, reader: PayloadReader | None, start: int) -> Iterator[bytes]:
+    """The logical content from ``start``: dirty pieces from the staging, base pieces from
+    the reader, zeros for holes."""
     step = 1024 * 1024
-    for piece in staging.pieces(0, staging.size):
+    for piece in staging.pieces(start, staging.size - start):
         if piece.kind == BASE:
             assert reader is not None
             yield from reader.iter_range(piece.start, piece.end)

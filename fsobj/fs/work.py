@@ -31,7 +31,7 @@ from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import conflict_key
 from fsobj.model.header import Posix
 from fsobj.store import PartitionView, Store, Version
-from fsobj.store.payload import IterStream, WrittenPayload
+from fsobj.store.payload import IterStream, Splice, WrittenPayload
 
 log = logging.getLogger("fsobj.fs")
 
@@ -81,7 +81,7 @@ class DataJob:
     sort_key: str
     posix: Posix
     headers: tuple[tuple[str, str], ...]
-    source: Callable[[], BinaryIO | bytes | WrittenPayload]
+    source: Callable[[], BinaryIO | bytes | WrittenPayload | Splice]
     payload_changed: bool
     stream: PayloadStream | None = None  # the payload already written while the file was written
     on_streamed: Callable[[WrittenPayload], None] | None = None  # told the stream's payload before it is used

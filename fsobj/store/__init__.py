@@ -59,7 +59,7 @@ from fsobj.model.header import (
 from fsobj.store.partitions import INCOMPLETE, PartitionsMixin, PartitionView, now_us
 
 __all__ = ["INCOMPLETE", "MARKER", "ListEntry", "PartitionView", "Store", "Version", "check_store", "now_us"]
-from fsobj.store.payload import IterStream, PayloadIO, Progress, WrittenPayload
+from fsobj.store.payload import IterStream, PayloadIO, Progress, Splice, WrittenPayload
 
 STORE_FORMAT = "fsobj-store"
 STORE_VERSION = 1
@@ -546,6 +546,10 @@ class Store(PartitionsMixin):
             if source.epoch != keys.epoch:
                 raise ConflictError("the partition key rotated while the payload was written; write it again")
             return source
+        if isinstance(source, Splice):
+            if source.base.epoch == keys.epoch and source.base.partition == view.id:
+                return self.payloads.write_splice(source, keys, view.id, progress)
+            source = IterStream(iter(source.content(0)))  # the base's chunks are under other keys
         if source is ... and prev is not None and prev.header.epoch == keys.epoch:
             h = prev.header
             return WrittenPayload(h.length, h.checksum, h.chunks, h.tree, self.index.refs_of(prev.hash))

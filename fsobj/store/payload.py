@@ -46,6 +46,91 @@ class WrittenPayload:
     epoch: int = -1  # key epoch the blobs were written under (-1: taken from a previous version)
 
 
+@dataclass(frozen=True)
+class Splice:
+    """A payload that differs from a committed one (``base``) only inside ``span``:
+    what a small edit of a big file commits (:meth:`PayloadIO.write_splice`).
+
+    ``span`` is [first changed byte, end of the last change) of the new payload,
+    None if no byte changed (the length may still differ). Bytes outside it are the
+    base's, at the same offsets. ``content(start)`` yields the new payload's bytes
+    from ``start`` to its end.
+    """
+
+    base: VersionHeader
+    length: int
+    span: tuple[int, int] | None
+    content: Callable[[int], Iterable[bytes | memoryview]]
+
+
+class _Assembly:
+    """The chunk list and checksum of a payload assembled in order from new chunks
+    (identified, encrypted and written in the pool, ``WINDOW`` in flight) and chunks
+    kept from an earlier payload of the same key epoch (only hashed)."""
+
+    def __init__(self, io: PayloadIO, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None) -> None:
+        self.io, self.keys, self.pid, self.progress = io, keys, pid, progress
+        self.hasher = crypto.new_hasher()
+        self.result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
+        self.chunks: list[ChunkRef] = []
+        self.pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
+        self.checksums: collections.deque[Future[None]] = collections.deque()
+
+    def __enter__(self) -> _Assembly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, fut in self.pending:  # on error: wait so no worker writes after we return
+            fut.cancel()
+            try:
+                fut.result()
+            except Exception:
+                pass
+
+    def _hash(self, data: bytes | memoryview) -> None:
+        self.checksums.append(self.io.checksum_pool.submit(self.hasher.update, data))
+        while len(self.checksums) > WINDOW:  # bound the memory queued for the checksum
+            self.checksums.popleft().result()
+        self.result.length += len(data)
+        if self.progress:
+            self.progress(len(data))
+
+    def add_new(self, data: bytes | memoryview) -> None:
+        self._hash(data)
+        self.pending.append(
+            (len(data), self.io.pool.submit(self.io._store, crypto.KIND_CHUNK, self.keys, self.pid, data))
+        )
+        self._drain(WINDOW)
+
+    def add_kept(self, ref: ChunkRef, data: bytes) -> None:
+        self._hash(data)
+        kept: Future[tuple[bytes, int]] = Future()
+        kept.set_result((ref.id, 0))
+        self.pending.append((ref.length, kept))
+
+    def _drain(self, limit: int) -> None:
+        while len(self.pending) > limit:
+            n, fut = self.pending.popleft()
+            blob_id, written = fut.result()
+            self.chunks.append(ChunkRef(blob_id, n))
+            if written:
+                self.result.new_blobs += 1
+                self.result.new_bytes += written
+
+    def finish(self) -> WrittenPayload:
+        self._drain(0)
+        if self.checksums:
+            self.checksums[-1].result()  # FIFO: every earlier update is done too
+        result = self.result
+        result.checksum = self.hasher.digest()
+        result.refs = [c.id for c in self.chunks]
+        if len(self.chunks) <= MAX_INLINE_CHUNKS:
+            result.chunks = tuple(self.chunks)
+        else:
+            result.tree = self.io._build_tree(self.chunks, self.keys, self.pid, result)
+        return result
+
+
 class PayloadIO:
     """Reads and writes payloads of one partition epoch."""
 
@@ -109,47 +194,69 @@ class PayloadIO:
                 break
         if got <= chunking.MIN_SIZE:
             return self._write_small(b"".join(head), keys, pid, progress)
-        hasher = crypto.new_hasher()
-        pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
-        result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
-        chunks: list[ChunkRef] = []
-        checksums: collections.deque[Future[None]] = collections.deque()
-
-        def drain(limit: int) -> None:
-            while len(pending) > limit:
-                n, fut = pending.popleft()
-                blob_id, written = fut.result()
-                chunks.append(ChunkRef(blob_id, n))
-                if written:
-                    result.new_blobs += 1
-                    result.new_bytes += written
-
-        try:
+        with _Assembly(self, keys, pid, progress) as asm:
             for data in chunking.split_pieces(itertools.chain(head, it), keys.cdc_seed):
-                checksums.append(self.checksum_pool.submit(hasher.update, data))
-                while len(checksums) > WINDOW:  # bound the memory queued for the checksum
-                    checksums.popleft().result()
-                result.length += len(data)
-                pending.append((len(data), self.pool.submit(self._store, crypto.KIND_CHUNK, keys, pid, data)))
-                drain(WINDOW)
-                if progress:
-                    progress(len(data))
-            drain(0)
-            checksums[-1].result()  # FIFO: every earlier update is done too
-        finally:
-            for _, fut in pending:  # on error: wait so no worker writes after we return
-                fut.cancel()
-                try:
-                    fut.result()
-                except Exception:
-                    pass
-        result.checksum = hasher.digest()
-        result.refs = [c.id for c in chunks]
-        if len(chunks) <= MAX_INLINE_CHUNKS:
-            result.chunks = tuple(chunks)
-        else:
-            result.tree = self._build_tree(chunks, keys, pid, result)
-        return result
+                asm.add_new(data)
+            return asm.finish()
+
+    def write_splice(
+        self, splice: Splice, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None = None
+    ) -> WrittenPayload:
+        """Store an edited payload, keeping the base's chunks that the edit cannot move.
+
+        The result is the one :meth:`write_pieces` gives for the whole new content
+        (the same chunk list and checksum); only the chunks from the one holding the
+        first changed byte up to the first cut after the last changed byte that falls
+        on one of the base's cuts are cut, identified and stored again. A chunk's cut
+        depends only on its own bytes, unless it starts less than ``MAX_SIZE`` before
+        the end: so when the length changes, the base's last chunks are cut again too.
+        The kept chunks are still read, authenticated and hashed for the whole-payload
+        checksum, which is a plain BLAKE3 of the plaintext.
+        ``keys`` must be the base's key epoch (``Store.commit`` checks).
+        """
+        base = splice.base
+        refs, nodes = self.expand(base, keys)
+        if splice.span is None and splice.length == base.length:  # nothing changed: the same payload
+            return WrittenPayload(base.length, base.checksum, base.chunks, base.tree, [r.id for r in refs] + nodes)
+        if min(base.length, splice.length) <= chunking.MIN_SIZE:
+            return self.write_pieces(splice.content(0), keys, pid, progress)
+        first, last = splice.span if splice.span is not None else (splice.length, splice.length)
+        same_length = splice.length == base.length
+        limit = min(base.length, splice.length)
+        offsets = list(itertools.accumulate((r.length for r in refs), initial=0))
+        keep = 0  # the chunks [0, keep) are kept: wholly before the edit, and cut by their bytes alone
+        while (
+            keep < len(refs)
+            and offsets[keep + 1] <= first
+            and (same_length or limit - offsets[keep] >= chunking.MAX_SIZE)
+        ):
+            keep += 1
+        start = offsets[keep]
+        resume = {off: i for i, off in enumerate(offsets[:-1]) if i > keep} if same_length else {}
+        with _Assembly(self, keys, pid, progress) as asm:
+            self._keep(asm, refs[:keep], start)
+            pos, tail = start, None
+            content = iter(splice.content(start))
+            cuts = chunking.split_pieces(content, keys.cdc_seed)
+            try:
+                for data in cuts:
+                    asm.add_new(data)
+                    pos += len(data)
+                    if pos >= last and pos in resume:  # from here on the base's cuts again
+                        tail = resume[pos]
+                        break
+            finally:
+                cuts.close()
+                getattr(content, "close", lambda: None)()  # stop its read-ahead
+            if tail is not None:
+                self._keep(asm, refs[tail:], base.length - pos)
+            return asm.finish()
+
+    def _keep(self, asm: _Assembly, refs: list[ChunkRef], length: int) -> None:
+        """Add chunks kept from the base (read and authenticated, for the checksum)."""
+        chunks = self._iter_chunks(refs, length, asm.keys, asm.pid, None)
+        for ref, data in zip(refs, chunks, strict=True):
+            asm.add_kept(ref, data)
 
     def _write_small(
         self, data: bytes, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
