@@ -121,6 +121,37 @@ class Fsobj(Target):
         return round(self.hwm_kib / 1024, 1)
 
 
+class NullFs(Target):
+    """``fsobj.bench_null``: the binding alone (pyfuse3 on trio, files in memory); small files only."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__("null", root)
+
+    def mount(self) -> None:
+        super().mount()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fsobj.bench_null", str(self.mnt)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the null filesystem did not come up")
+            time.sleep(0.05)
+
+    def unmount(self) -> None:
+        assert self.proc is not None
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=False)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 def _vm_hwm_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -169,8 +200,15 @@ class MountBench:
 
     def run_target(self, t: Target, src: Path, extras: bool) -> dict[str, Any]:
         """One round of the work on ``t``; ``extras``: also the fsobj-only figures."""
-        self.say(f"{t.name}: sequential write/read of {self.size_mib} MiB")
         out: dict[str, Any] = {}
+        if isinstance(t, NullFs):  # it holds files in memory: only the per-request figures mean anything
+            self.say(f"{t.name}: small files")
+            t.mount()
+            try:
+                return self.small(t.work)
+            finally:
+                t.unmount()
+        self.say(f"{t.name}: sequential write/read of {self.size_mib} MiB")
         t.mount()
         try:
             t.work.mkdir(exist_ok=True)
@@ -311,7 +349,7 @@ def run(
     targets: list[Target] = [Plain("plain", base / "plain")]
     if shutil.which("gocryptfs"):
         targets.append(Gocryptfs(base / "gocryptfs"))
-    targets.append(Fsobj(base / "fsobj"))
+    targets += [NullFs(base / "null"), Fsobj(base / "fsobj")]
     per_round: list[dict[str, dict[str, Any]]] = []
     try:
         src = base / "src.bin"
@@ -327,8 +365,14 @@ def run(
                 t.proc.kill()
         shutil.rmtree(base, ignore_errors=True)
     results = {t.name: _medians([rr[t.name] for rr in per_round]) for t in targets}
-    ratios = _ratios(per_round)
-    return {"mount": results, "ratios": ratios, "rounds": per_round, "mount_targets": _check(results, ratios)}
+    ratios = _ratios(per_round, "fsobj")
+    return {
+        "mount": results,
+        "ratios": ratios,
+        "binding_ratios": _ratios(per_round, "null"),
+        "rounds": per_round,
+        "mount_targets": _check(results, ratios),
+    }
 
 
 def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -336,14 +380,14 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: statistics.median(r[k] for r in rounds if k in r) for k in dict.fromkeys(keys)}
 
 
-def _ratios(per_round: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Per figure: fsobj/gocryptfs within each round, and their median, min and max."""
+def _ratios(per_round: list[dict[str, dict[str, Any]]], name: str) -> dict[str, dict[str, float]]:
+    """Per figure: ``name``/gocryptfs within each round, and their median, min and max."""
     out: dict[str, dict[str, float]] = {}
     for key, _, _ in TARGETS_MOUNT:
         rs = [
-            r["fsobj"][key] / r["gocryptfs"][key]
+            r[name][key] / r["gocryptfs"][key]
             for r in per_round
-            if "gocryptfs" in r and r["gocryptfs"].get(key) and key in r["fsobj"]
+            if "gocryptfs" in r and r["gocryptfs"].get(key) and key in r.get(name, {})
         ]
         if rs:
             out[key] = {"median": round(statistics.median(rs), 2), "min": round(min(rs), 2), "max": round(max(rs), 2)}
@@ -382,9 +426,14 @@ def _check(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float
     return out
 
 
+def _span(q: dict[str, float]) -> str:
+    return f"{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f})"
+
+
 def table(result: dict[str, Any]) -> str:
     results = result["mount"]
     ratios = result.get("ratios", {})
+    binding = result.get("binding_ratios", {})
     names = list(results)
     keys = list(next(iter(results.values())))
     for r in results.values():
@@ -393,14 +442,11 @@ def table(result: dict[str, Any]) -> str:
     rounds = len(result.get("rounds", [])) or 1
     lines = [
         f"medians of {rounds} round(s); ratio: median of the per-round ratios (min-max)",
-        f"{'figure':<{width}}" + "".join(f"{n:>14}" for n in names) + "   fsobj/gocryptfs",
+        f"{'figure':<{width}}" + "".join(f"{n:>14}" for n in names) + "   fsobj/gocryptfs   null/gocryptfs",
     ]
     for k in keys:
         vals = [results[n].get(k) for n in names]
-        ratio = ""
-        if k in ratios:
-            q = ratios[k]
-            ratio = f"{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f})"
+        ratio = "".join(f"{_span(q[k]) if k in q else '':<18}" for q in (ratios, binding)).rstrip()
         lines.append(f"{k:<{width}}" + "".join(f"{'' if v is None else v!s:>14}" for v in vals) + f"   {ratio}")
     lines.append("")
     for t in result["mount_targets"]:

@@ -271,12 +271,16 @@ def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) ->
         assert r["fsobj"]["seq_write_MiB_s"] > 0 and r["plain"]["read_4k_files_per_s"] > 0
         assert r["fsobj"]["edit_4k_s"] > 0 and r["plain"]["edit_4k_share_of_write"] > 0
         assert 0 < r["fsobj"]["edit_4k_store_grew_KiB"] < 3 * 1024  # the chunk around the edit, not the file
+        # the binding alone, in memory: the small-file figures only
+        assert set(r["null"]) == {k for k in r["plain"] if k.endswith("_per_s") and not k.startswith("seq")}
+        assert all(v > 0 for v in r["null"].values())
     fs = result["mount"]["fsobj"]
     assert fs["versions_of_one_file"] == 5  # measured in the last round only
     assert "versions_of_one_file" not in result["rounds"][0]["fsobj"]
     if shutil.which("gocryptfs"):
         q = result["ratios"]["stat_per_s"]
         assert q["min"] <= q["median"] <= q["max"]
+        assert set(result["binding_ratios"]) == set(result["mount"]["null"])
         assert {t["figure"] for t in result["mount_targets"]} >= {"mount.seq_write_MiB_s vs gocryptfs"}
     assert list(tmp_path.iterdir()) == [], "bench cleans up its scratch directory"
     assert str(tmp_path) not in Path("/proc/mounts").read_text()
