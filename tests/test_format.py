@@ -340,13 +340,14 @@ def test_version_header(i):
     with pytest.raises(IntegrityError):
         decode_header_blob(plain, bytes(32))
     with pytest.raises(IntegrityError):
-        verify_signatures(got, h(v["absolute_hash"]), integrity, ident("bob" if i == 0 else "alice").public.sign_pub)
+        other = "bob" if v["author_name"] == "alice" else "alice"
+        verify_signatures(got, h(v["absolute_hash"]), integrity, ident(other).public.sign_pub)
     with pytest.raises(IntegrityError):
         verify_signatures(got, bytes(32), integrity, author.public.sign_pub)
 
 
 def test_series_links():
-    v1, v2 = (untag(v["body"]) for v in V["versions"])
+    v1, v2 = (untag(v["body"]) for v in V["versions"][:2])
     assert v1["seq"] == 1 and v1["base"] is None and v1["prev"] is None
     assert V["versions"][0]["base_hash"] == V["versions"][0]["absolute_hash"]
     assert v2["seq"] == 2 and v2["tombstone"] is True and v2["chunks"] == [] and v2["length"] == 0
@@ -354,6 +355,38 @@ def test_series_links():
     assert V["versions"][1]["base_hash"] == V["versions"][0]["absolute_hash"]
     assert v1["checksum"] == crypto.hash_bytes(h(V["chunk"]["plaintext"]))
     assert v2["checksum"] == crypto.hash_bytes(b"")
+
+
+def test_a_small_payload_is_carried_by_its_header():
+    """Header format 2: ``data`` is the whole payload; no chunk, no chunk blob."""
+    b = untag(V["versions"][2]["body"])
+    assert b["v"] == 2 and b["chunks"] == [] and b["tree"] is None
+    assert b["length"] == len(b["data"]) and b["checksum"] == crypto.hash_bytes(b["data"])
+    header = VersionHeader.from_body(b)
+    assert header.data == b["data"] and header.body()["v"] == 2
+    assert "data" not in VersionHeader.from_body(untag(V["versions"][0]["body"])).body()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"data": b""},
+        {"data": bytes(4097), "length": 4097},
+        {"length": 1},
+        {"chunks": [[b"\x00" * 32, 22]]},
+        {"tree": [b"\x00" * 32, 1]},
+        {"v": 1},
+        {"v": True},
+        {"data": "text"},
+    ],
+    ids=lambda c: "-".join(c),
+)
+def test_malformed_inline_header_is_refused(change):
+    body = {**untag(V["versions"][2]["body"]), **change}
+    with pytest.raises(FormatError):
+        VersionHeader.from_body(body)
+    with pytest.raises(FormatError):  # nor may a format-1 header carry data
+        VersionHeader.from_body({**untag(V["versions"][0]["body"]), "data": b"x"})
 
 
 @pytest.mark.parametrize(

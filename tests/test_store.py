@@ -696,3 +696,24 @@ def test_a_spliced_edit_is_the_payload_a_whole_write_gives(
         fresh = [c for c in chunk_ids(s, v) if c not in base_chunks]
         # new blobs: the chunks that differ from the base's, and the header
         assert len(added) <= len(fresh) + 1
+
+
+def test_a_small_payload_lives_in_its_header_blob(store_dir: Path, store: Store) -> None:
+    """Up to 4096 bytes: one blob per version (the header carries the payload), read
+    back, verified, kept by a metadata-only version; one byte more takes a chunk blob."""
+    from fsobj import fsck
+
+    pid = fresh_partition(store)
+    data = rand_bytes(4096, 3)
+    before = blob_files(store_dir)
+    v = store.put(pid, "small", data)
+    assert blob_files(store_dir) - before == {store.blobs.path(v.hash)}
+    assert v.header.data == data and v.header.chunks == () and chunk_ids(store, v) == []
+    assert store.read_bytes(store.get(pid, "small")) == data
+    v2 = store.update(v, headers=[("k", "v")])
+    assert v2.header.data == data and store.read_bytes(v2) == data
+    before = blob_files(store_dir)
+    v3 = store.put(pid, "bigger", data + b"!")
+    assert len(blob_files(store_dir) - before) == 2 and v3.header.data is None
+    report = fsck.verify(store)
+    assert not report.faults and report.versions >= 3

@@ -87,6 +87,9 @@ class PayloadReader:
         end = min(off + n, self.length)
         if off >= end:
             return b""
+        data = self.version.header.data
+        if data is not None:  # a small payload carried by the (verified) header
+            return memoryview(data)[off:end]
         if self._refs is None:
             if self.version.header.chunks is not None:
                 self.load_refs()  # an inline chunk list: no I/O
@@ -155,6 +158,11 @@ class PayloadReader:
     # ------------------------------------------------------------ blocking reads
     def iter_range(self, start: int, end: int, window: int = READ_AHEAD) -> Iterator[bytes]:
         """Blocking: yield the bytes of [start, end) in order (for commit streams)."""
+        data = self.version.header.data
+        if data is not None:
+            if start < min(end, self.length):
+                yield data[start:end]
+            return
         self.load_refs()
         assert self._refs is not None
         end = min(end, self.length)

@@ -19,9 +19,11 @@ from fsobj.errors import FormatError, IntegrityError, UsageError
 from fsobj.model import cbor
 
 FORMAT_VERSION = 1
+INLINE_FORMAT_VERSION = 2  # a header that carries its payload (``data``)
 HEADER_TYPE = "fsobj-version"
 MAX_SORT_KEY_BYTES = 4096
 MAX_INLINE_CHUNKS = 64
+MAX_INLINE_DATA = 4096  # payloads up to this size live in the header blob, not in a chunk blob
 
 FILE_TYPES = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
 
@@ -68,8 +70,17 @@ def _is_ref(x: object) -> bool:
 
 def _check_body(b: dict[str, Any]) -> None:
     """Exact field set and CBOR type of every field (docs/format.md, "Version header")."""
-    if set(b) != _BODY_KEYS:
+    inline = b.get("v") == INLINE_FORMAT_VERSION
+    if set(b) != (_BODY_KEYS | {"data"} if inline else _BODY_KEYS):
         raise FormatError("version header has missing or unknown fields")
+    if inline and not (
+        type(b["data"]) is bytes
+        and 0 < len(b["data"]) <= MAX_INLINE_DATA
+        and b["length"] == len(b["data"])
+        and b["chunks"] == []
+        and b["tree"] is None
+    ):
+        raise FormatError("malformed version header: inline data must be 1 to 4096 bytes, the whole payload")
     ok = (
         _is_id(b["partition"])
         and _is_id(b["author"])
@@ -175,12 +186,13 @@ class VersionHeader:
     epoch: int
     acl: int  # seq of the partition record the author wrote under
     session: dict[str, Any] = field(default_factory=dict)  # verification header
+    data: bytes | None = None  # the payload itself, if small (then ``chunks`` is empty)
 
     # ------------------------------------------------------------ encoding
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "type": HEADER_TYPE,
-            "v": FORMAT_VERSION,
+            "v": FORMAT_VERSION if self.data is None else INLINE_FORMAT_VERSION,
             "partition": self.partition,
             "author": self.author,
             "created": self.created_us,
@@ -199,6 +211,9 @@ class VersionHeader:
             "acl": self.acl,
             "session": self.session,
         }
+        if self.data is not None:
+            body["data"] = self.data
+        return body
 
     def encode_body(self) -> bytes:
         return cbor.encode(self.body())
@@ -217,7 +232,7 @@ class VersionHeader:
     def from_body(cls, b: dict[str, Any]) -> VersionHeader:
         if not isinstance(b, dict) or b.get("type") != HEADER_TYPE:
             raise FormatError("not a version header")
-        if b.get("v") != FORMAT_VERSION:
+        if type(b.get("v")) is not int or b["v"] not in (FORMAT_VERSION, INLINE_FORMAT_VERSION):
             raise FormatError(f"unknown header format version {b.get('v')!r}")
         _check_body(b)
         try:
@@ -241,6 +256,7 @@ class VersionHeader:
                 epoch=b["epoch"],
                 acl=b["acl"],
                 session=b["session"],
+                data=b.get("data"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"malformed version header: {e}") from e

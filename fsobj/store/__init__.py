@@ -500,6 +500,7 @@ class Store(PartitionsMixin):
             checksum=payload.checksum,
             chunks=payload.chunks,
             tree=payload.tree,
+            data=payload.inline,
             tombstone=tombstone,
             posix=posix or (ph.posix if ph else Posix(mtime_ns=time.time_ns())),
             epoch=keys.epoch,
@@ -552,7 +553,7 @@ class Store(PartitionsMixin):
             source = IterStream(iter(source.content(0)))  # the base's chunks are under other keys
         if source is ... and prev is not None and prev.header.epoch == keys.epoch:
             h = prev.header
-            return WrittenPayload(h.length, h.checksum, h.chunks, h.tree, self.index.refs_of(prev.hash))
+            return WrittenPayload(h.length, h.checksum, h.chunks, h.tree, self.index.refs_of(prev.hash), inline=h.data)
         if source is ...:
             # the key rotated since prev: re-encrypt its payload under the new epoch
             assert prev is not None

@@ -22,6 +22,7 @@ from fsobj.blobs import BlobStore
 from fsobj.errors import IntegrityError, NotFoundError
 from fsobj.model.header import (
     MAX_INLINE_CHUNKS,
+    MAX_INLINE_DATA,
     ChunkRef,
     VersionHeader,
     decode_chunk_list,
@@ -44,6 +45,7 @@ class WrittenPayload:
     new_blobs: int = 0
     new_bytes: int = 0  # bytes of blob data actually written (after dedup)
     epoch: int = -1  # key epoch the blobs were written under (-1: taken from a previous version)
+    inline: bytes | None = None  # a small payload itself: it goes into the header, no blob is written
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,8 @@ class PayloadIO:
         base = splice.base
         refs, nodes = self.expand(base, keys)
         if splice.span is None and splice.length == base.length:  # nothing changed: the same payload
-            return WrittenPayload(base.length, base.checksum, base.chunks, base.tree, [r.id for r in refs] + nodes)
+            ids = [r.id for r in refs] + nodes
+            return WrittenPayload(base.length, base.checksum, base.chunks, base.tree, ids, inline=base.data)
         if min(base.length, splice.length) <= chunking.MIN_SIZE:
             return self.write_pieces(splice.content(0), keys, pid, progress)
         first, last = splice.span if splice.span is not None else (splice.length, splice.length)
@@ -262,13 +265,15 @@ class PayloadIO:
         self, data: bytes, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
     ) -> WrittenPayload:
         result = WrittenPayload(len(data), crypto.hash_bytes(data), (), None, epoch=keys.epoch)
-        if data:
+        if 0 < len(data) <= MAX_INLINE_DATA:
+            result.inline = bytes(data)  # the header carries it
+        elif data:
             blob_id, written = self._store(crypto.KIND_CHUNK, keys, pid, data)
             result.chunks = (ChunkRef(blob_id, len(data)),)
             result.refs = [blob_id]
             result.new_blobs, result.new_bytes = (1, written) if written else (0, 0)
-            if progress:
-                progress(len(data))
+        if data and progress:
+            progress(len(data))
         return result
 
     def _build_tree(
@@ -350,12 +355,20 @@ class PayloadIO:
         it is yielded, and the chunk list comes from the authenticated header,
         so the whole-payload checksum is not recomputed here (``verify`` does).
         """
+        if header.data is not None:  # in the header: authenticated with it
+            if progress:
+                progress(len(header.data))
+            yield header.data
+            return
         refs = self.chunk_refs(header, keys)
         yield from self._iter_chunks(refs, header.length, keys, header.partition, progress)
 
     def iter_written(self, written: WrittenPayload, keys: crypto.EpochKeys, pid: bytes) -> Iterator[bytes]:
         """Yield the plaintext of a payload written but not (yet) named by a header,
         verified as :meth:`iter_payload` verifies (``keys``: those of ``written.epoch``)."""
+        if written.inline is not None:
+            yield written.inline
+            return
         refs = self._expand(written.chunks, written.tree, written.length, keys, pid)[0]
         yield from self._iter_chunks(refs, written.length, keys, pid, None)
 

@@ -410,31 +410,34 @@ def build() -> dict[str, Any]:
         "record_id": record_id.hex(),
     }
 
-    # ---- version headers: v1 by alice (acl 1), v2 = tombstone by bob (acl 2)
+    # ---- version headers: v1 by alice (acl 1), v2 = tombstone by bob (acl 2), and a new
+    # series by alice whose small payload the header carries (header format 2)
     versions = []
     prev_hash: bytes | None = None
-    for author, seq, acl in ((alice, 1, 1), (bob, 2, 2)):
+    small = b"hello, inline payload\n"
+    for n, (author, seq, acl) in enumerate(((alice, 1, 1), (bob, 2, 2), (alice, 1, 2)), start=1):
         session_sk = Ed25519PrivateKey.from_private_bytes(fixed(f"{author.name} session key seed"))
         session_pub = raw_pub(session_sk)
         expires = 1767312000  # 2026-01-02T00:00:00Z
         session_msg = b"fsobj session v1\x00" + author.user_id + session_pub + expires.to_bytes(8, "big")
         assert session_msg == crypto.session_message(author.user_id, session_pub, expires)
         session = {"key": session_pub, "expires": expires, "sig": author.sign(session_msg)}
-        tomb = seq == 2
+        tomb, inline = n == 2, n == 3
+        data = small if inline else b"" if tomb else payload
         body = {
             "type": "fsobj-version",
-            "v": 1,
+            "v": 2 if inline else 1,
             "partition": pid,
             "author": author.user_id,
-            "created": 1767225600000000 + 1000000 * seq,
-            "length": 0 if tomb else len(payload),
+            "created": 1767225600000000 + 1000000 * n,
+            "length": len(data),
             "base": versions[0]["absolute_hash_bytes"] if tomb else None,
-            "prev": prev_hash,
+            "prev": prev_hash if tomb else None,
             "seq": seq,
-            "sort_key": sort_key,
+            "sort_key": "notes/small.txt" if inline else sort_key,
             "headers": [["content-type", "text/plain"]],
-            "checksum": blake3.blake3(b"" if tomb else payload).digest(),
-            "chunks": [] if tomb else [[chunk_id, len(payload)]],
+            "checksum": blake3.blake3(data).digest(),
+            "chunks": [] if tomb or inline else [[chunk_id, len(payload)]],
             "tree": None,
             "tombstone": tomb,
             "posix": {"type": "file", "mode": 0o644, "uid": 1000, "gid": 1000, "mtime": 1767225000123456789, "rdev": 0},
@@ -442,6 +445,8 @@ def build() -> dict[str, Any]:
             "acl": acl,
             "session": session,
         }
+        if inline:
+            body["data"] = data
         body_cbor = cbor.encode(body)
         abs_hash = blake3.blake3(body_cbor).digest()
         h = VersionHeader.from_body(cbor.decode(body_cbor))
@@ -450,7 +455,7 @@ def build() -> dict[str, Any]:
         integrity = session_sk.sign(integrity_msg)
         plain = cbor.encode({"body": body, "integrity": integrity})
         assert plain == encode_header_blob(h, integrity)
-        env = seal_by_hand(2, keys.blob_key, 0, fixed(f"header {seq} nonce", 12), pid, abs_hash, plain)
+        env = seal_by_hand(2, keys.blob_key, 0, fixed(f"header {n} nonce", 12), pid, abs_hash, plain)
         h2, integ2 = decode_header_blob(crypto.open_blob(bytes.fromhex(env["blob"]), 2, keys, pid, abs_hash), abs_hash)
         verify_signatures(h2, abs_hash, integ2, author.public.sign_pub)
         assert author.user_id in rec.writers_at(acl)
