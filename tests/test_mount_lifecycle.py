@@ -324,3 +324,26 @@ def _check_allow_other(w: World) -> None:
     assert as_nobody(f"echo x > '{m.part}/sticky/nobodys'").returncode == 0
     assert as_nobody(f"rm '{m.part}/sticky/roots'").returncode != 0  # sticky directory
     assert os.stat(m.part / "sticky" / "nobodys").st_uid != 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may change a device's read-ahead")
+def test_the_kernel_reads_ahead_1_mib_on_the_mount_unless_told_otherwise(world: World) -> None:  # noqa: F811
+    from fsobj.fs.daemon import mount_device
+
+    def read_ahead(mp: Path) -> int:
+        return int(Path(f"/sys/class/bdi/{mount_device(mp)}/read_ahead_kb").read_text())
+
+    m = world.mount()  # the daemon sets it once the kernel has its answer to FUSE_INIT
+    wait_for(lambda: read_ahead(m.path) == 1024, what="read-ahead 1024")
+    assert "kernel read-ahead set to 1024 KiB" in m.log.read_text()
+    m3 = world.mount("three", "read_ahead_kb=256")
+    wait_for(lambda: read_ahead(m3.path) == 256, what="read-ahead 256")
+    m2 = world.mount("two", "read_ahead_kb=0")  # the kernel's own choice
+    (m2.part / "x").write_text("x")
+    assert "kernel read-ahead" not in m2.log.read_text()
+    bad = subprocess.run(
+        [FSOBJ, "mount", str(world.store), str(world.root / "three"), "-o", "read_ahead_kb=-1"],
+        env=world.env,
+        capture_output=True,
+    )
+    assert bad.returncode != 0 and b"bad value for mount option read_ahead_kb" in bad.stderr
