@@ -377,6 +377,7 @@ def test_a_small_payload_is_carried_by_its_header():
         {"tree": [b"\x00" * 32, 1]},
         {"v": 1},
         {"v": True},
+        {"tombstone": True},
         {"data": "text"},
     ],
     ids=lambda c: "-".join(c),

@@ -315,7 +315,7 @@ async def _main(fs: Filesystem, ready: Callable[[], None] | None, config: MountC
 async def _read_ahead_once_initialized(mountpoint: Path, kb: int) -> None:
     """The kernel sets the mount's read-ahead when the daemon answers FUSE_INIT (in
     ``pyfuse3.main``); a ``stat`` of the mount point returns only after that."""
-    await trio.to_thread.run_sync(os.stat, mountpoint)
+    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)  # never holds up shutdown
     set_read_ahead(mountpoint, kb)
 
 

@@ -79,6 +79,7 @@ def _check_body(b: dict[str, Any]) -> None:
         and b["length"] == len(b["data"])
         and b["chunks"] == []
         and b["tree"] is None
+        and b["tombstone"] is False
     ):
         raise FormatError("malformed version header: inline data must be 1 to 4096 bytes, the whole payload")
     ok = (
