@@ -74,7 +74,30 @@ class Gocryptfs(Target):
         subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
 
 
-class Fsobj(Target):
+class Daemon(Target):
+    """A target served by a daemon this process starts, and always stops."""
+
+    def _start(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {self.name} mount did not come up")
+            time.sleep(0.05)
+
+    def _stop(self, unmount: list[str], env: dict[str, str] | None = None) -> None:
+        assert self.proc is not None
+        subprocess.run(unmount, env=env, check=False)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class Fsobj(Daemon):
     def __init__(self, root: Path) -> None:
         super().__init__("fsobj", root)
         self.store = root / "store"
@@ -93,35 +116,18 @@ class Fsobj(Target):
             ident = identity_files.create(self.ident, "bench", PASS)
             with Store.open(self.store, ident) as s:
                 s.create_partition("bench")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsobj", "mount", "--foreground", str(self.store), str(self.mnt)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("fsobj mount did not come up")
-            time.sleep(0.05)
+        self._start([sys.executable, "-m", "fsobj", "mount", "--foreground", str(self.store), str(self.mnt)], self.env)
 
     def unmount(self) -> None:
         assert self.proc is not None
         self.hwm_kib = max(self.hwm_kib, _vm_hwm_kib(self.proc.pid))
-        subprocess.run([sys.executable, "-m", "fsobj", "umount", str(self.mnt)], env=self.env, check=False)
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        self._stop([sys.executable, "-m", "fsobj", "umount", str(self.mnt)], self.env)
 
     def peak_rss_mib(self) -> float | None:
         return round(self.hwm_kib / 1024, 1)
 
 
-class NullFs(Target):
+class NullFs(Daemon):
     """``fsobj.bench_null``: the binding alone (pyfuse3 on trio, files in memory); small files only."""
 
     def __init__(self, root: Path) -> None:
@@ -129,27 +135,10 @@ class NullFs(Target):
 
     def mount(self) -> None:
         super().mount()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsobj.bench_null", str(self.mnt)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the null filesystem did not come up")
-            time.sleep(0.05)
+        self._start([sys.executable, "-m", "fsobj.bench_null", str(self.mnt)])
 
     def unmount(self) -> None:
-        assert self.proc is not None
-        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=False)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        self._stop(["fusermount3", "-u", str(self.mnt)])
 
 
 def _vm_hwm_kib(pid: int) -> int:
