@@ -10,6 +10,7 @@ import itertools
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -717,3 +718,80 @@ def test_a_small_payload_lives_in_its_header_blob(store_dir: Path, store: Store)
     assert len(blob_files(store_dir) - before) == 2 and v3.header.data is None
     report = fsck.verify(store)
     assert not report.faults and report.versions >= 3
+
+
+# ---------------------------------------------------------------- read-ahead hints
+
+
+def _resident(path: Path) -> bool:
+    """Whether every page of a file is in the page cache (mmap + mincore(2) via libc)."""
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+        try:
+            if libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return all(b & 1 for b in vec)
+
+
+def _evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_a_sequential_read_asks_the_disk_for_the_chunks_after_those_it_decrypts(store: Store) -> None:
+    """``iter_payload`` hints the blob ``PREFETCH`` chunks beyond each one it submits, so
+    the kernel reads it into the page cache before a thread asks for it."""
+    from fsobj.store.payload import PREFETCH, WINDOW
+
+    pid = fresh_partition(store)
+    v = store.put(pid, "big", rand_bytes(24 * MiB, 7))
+    paths = [store.blobs.path(i) for i in chunk_ids(store, v)]
+    assert len(paths) > WINDOW + PREFETCH
+    for p in paths:
+        _evict(p)
+    if _resident(paths[-1]):
+        pytest.skip("this file system keeps the blobs in memory (no page cache to test)")
+    # Taking the first chunk submits chunks 0 .. WINDOW (one more once the first is
+    # done), which hint the blobs PREFETCH further on; nothing beyond is read.
+    hinted = paths[WINDOW + PREFETCH]
+    untouched = paths[WINDOW + PREFETCH + 1 :]
+    reader = store.open_payload(v)
+    first = next(reader)
+    assert len(first) > 0
+    for _ in range(200):
+        if _resident(hinted):
+            break
+        time.sleep(0.01)
+    assert _resident(hinted), "the hinted blob was not read ahead"
+    assert not any(_resident(p) for p in untouched), "blobs beyond the hints were read"
+    reader.close()
+    assert store.read_bytes(v) == rand_bytes(24 * MiB, 7)
+    store.blobs.prefetch(b"\0" * 32)  # an absent blob: a hint never fails
+
+
+def test_the_allocator_keeps_chunk_buffers() -> None:
+    """glibc takes the setting (the mount daemon and the commit helper make it at start)."""
+    from fsobj.store.payload import keep_chunk_buffers
+
+    assert keep_chunk_buffers() is True

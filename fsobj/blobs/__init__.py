@@ -30,6 +30,11 @@ class BlobStore(Protocol):
 
     def exists(self, blob_id: bytes) -> bool: ...
 
+    def prefetch(self, blob_id: bytes) -> None:
+        """A hint that the blob will be read soon: start fetching it without
+        waiting. Never fails (an absent blob is reported by :meth:`get`)."""
+        ...
+
     def peek(self, blob_id: bytes, n: int) -> bytes:
         """The first ``n`` bytes of a blob (an envelope head) without reading it all."""
         ...

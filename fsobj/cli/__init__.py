@@ -15,6 +15,7 @@ import click
 from fsobj.cli import admin, feeds, mount, objects
 from fsobj.cli.common import Context
 from fsobj.errors import EXIT_CODES, FsobjError, NoSpaceError, exit_code_for
+from fsobj.store.payload import keep_chunk_buffers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -61,6 +62,7 @@ def exit_codes() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes."""
+    keep_chunk_buffers()  # inherited by the mount daemon's fork
     try:
         cli.main(args=argv, prog_name="fsobj", standalone_mode=False)
     except click.exceptions.Abort:

@@ -50,6 +50,7 @@ from typing import IO, Any
 from fsobj import crypto
 from fsobj.fs import work
 from fsobj.store import PartitionView, Store
+from fsobj.store.payload import keep_chunk_buffers
 
 log = logging.getLogger("fsobj.fs")
 
@@ -273,6 +274,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us by closing the pipe
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="fsobj commit helper: %(message)s")
+    keep_chunk_buffers()
     out = os.dup(1)  # the replies; anything printed by mistake goes to stderr, not into them
     os.dup2(2, 1)
     try:

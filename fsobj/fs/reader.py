@@ -22,6 +22,7 @@ import trio
 
 from fsobj.model.header import ChunkRef
 from fsobj.store import PartitionView, Store, Version
+from fsobj.store.payload import PREFETCH
 
 CACHE_CHUNKS = 12
 READ_AHEAD = 8
@@ -78,7 +79,9 @@ class PayloadReader:
     def _submit(self, i: int) -> Future[bytes]:
         assert self._refs is not None
         keys = self.view.epoch_keys(self.version.header.epoch)
-        return self.store.payloads.pool.submit(self.store.payloads.read_chunk, self._refs[i], keys, self.view.id)
+        j = i + PREFETCH
+        ahead = self._refs[j] if j < len(self._refs) else None
+        return self.store.payloads.pool.submit(self.store.payloads.read_chunk, self._refs[i], keys, self.view.id, ahead)
 
     # ------------------------------------------------------------ async reads
     async def read(self, off: int, n: int, limiter: trio.CapacityLimiter | None = None) -> bytes | memoryview:
