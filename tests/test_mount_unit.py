@@ -478,3 +478,50 @@ def test_a_name_freed_by_unlink_can_be_taken_again_within_the_window(fs_store: S
         assert sorted(e.sort_key for e in deleted) == ["f", "g"]
 
     run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
+def test_the_reader_hints_blobs_ahead_only_for_sequential_reads(fs_store: Store) -> None:
+    """A random read fetches its own chunk and hints nothing; a sequential one also
+    has the kernel read the blobs ``PREFETCH`` chunks beyond its read-ahead."""
+    import random
+
+    from pagecache import evict, resident
+
+    from fsobj.fs.reader import READ_AHEAD, PayloadReader
+    from fsobj.store.payload import PREFETCH
+
+    data = random.Random(5).randbytes(40 * 1024 * 1024)
+    version = fs_store.put("p", "big", data)
+    view = fs_store.partition(version.header.partition)
+    refs = fs_store.payloads.chunk_refs(version.header, view.epoch_keys(version.header.epoch))
+    paths = [fs_store.blobs.path(r.id) for r in refs]
+    assert len(paths) > 30 + READ_AHEAD + PREFETCH
+    for p in paths:
+        evict(p)
+    if resident(paths[-1]):
+        pytest.skip("this file system keeps the blobs in memory (no page cache to test)")
+    reader = PayloadReader(fs_store, view, version)
+    offsets = [sum(r.length for r in refs[:i]) for i in range(len(refs))]
+
+    async def read_at(i: int) -> bytes:
+        return bytes(await reader.read(offsets[i], 4096))
+
+    async def wait_resident(path: Path) -> bool:
+        for _ in range(200):
+            if resident(path):
+                return True
+            await trio.sleep(0.01)
+        return False
+
+    async def main() -> None:
+        assert await read_at(30) == data[offsets[30] : offsets[30] + 4096]  # a jump: random
+        await trio.sleep(0.3)
+        assert resident(paths[30])
+        assert not any(resident(p) for p in paths[31:]), "a random read read ahead"
+        for i in range(3):  # 0, 1, 2: sequential
+            assert await read_at(i) == data[offsets[i] : offsets[i] + 4096]
+        assert await wait_resident(paths[2 + READ_AHEAD + PREFETCH])
+        assert not resident(paths[2 + READ_AHEAD + PREFETCH + 1])
+        reader.close()
+
+    trio.run(main)

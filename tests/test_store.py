@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pagecache import evict, resident
 
 import fsobj.blobs.local as local_blobs
 from fsobj import crypto
@@ -723,42 +724,6 @@ def test_a_small_payload_lives_in_its_header_blob(store_dir: Path, store: Store)
 # ---------------------------------------------------------------- read-ahead hints
 
 
-def _resident(path: Path) -> bool:
-    """Whether every page of a file is in the page cache (mmap + mincore(2) via libc)."""
-    import mmap
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    size = path.stat().st_size
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    vec = (ctypes.c_ubyte * pages)()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, ctypes.c_void_p(-1).value):
-            raise OSError(ctypes.get_errno(), "mmap")
-        try:
-            if libc.mincore(addr, size, vec) != 0:
-                raise OSError(ctypes.get_errno(), "mincore")
-        finally:
-            libc.munmap(addr, size)
-    finally:
-        os.close(fd)
-    return all(b & 1 for b in vec)
-
-
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def test_a_sequential_read_asks_the_disk_for_the_chunks_after_those_it_decrypts(store: Store) -> None:
     """``iter_payload`` hints the blob ``PREFETCH`` chunks beyond each one it submits, so
     the kernel reads it into the page cache before a thread asks for it."""
@@ -769,8 +734,8 @@ def test_a_sequential_read_asks_the_disk_for_the_chunks_after_those_it_decrypts(
     paths = [store.blobs.path(i) for i in chunk_ids(store, v)]
     assert len(paths) > WINDOW + PREFETCH
     for p in paths:
-        _evict(p)
-    if _resident(paths[-1]):
+        evict(p)
+    if resident(paths[-1]):
         pytest.skip("this file system keeps the blobs in memory (no page cache to test)")
     # Taking the first chunk submits chunks 0 .. WINDOW (one more once the first is
     # done), which hint the blobs PREFETCH further on; nothing beyond is read.
@@ -780,11 +745,11 @@ def test_a_sequential_read_asks_the_disk_for_the_chunks_after_those_it_decrypts(
     first = next(reader)
     assert len(first) > 0
     for _ in range(200):
-        if _resident(hinted):
+        if resident(hinted):
             break
         time.sleep(0.01)
-    assert _resident(hinted), "the hinted blob was not read ahead"
-    assert not any(_resident(p) for p in untouched), "blobs beyond the hints were read"
+    assert resident(hinted), "the hinted blob was not read ahead"
+    assert not any(resident(p) for p in untouched), "blobs beyond the hints were read"
     reader.close()
     assert store.read_bytes(v) == rand_bytes(24 * MiB, 7)
     store.blobs.prefetch(b"\0" * 32)  # an absent blob: a hint never fails

@@ -6,7 +6,8 @@ AES-GCM, keyed-hash check against the chunk id named by the signed header)
 runs on the store's payload thread pool (``PayloadIO.pool``); trio awaits the
 future without blocking the event loop or parking a worker thread. When reads
 are sequential, the next ``READ_AHEAD`` chunks are fetched before they are
-asked for. The whole-payload checksum is not re-checked here: every chunk is
+asked for, and each fetch first hints the blob ``PREFETCH`` chunks further on
+(``BlobStore.prefetch``); random reads hint nothing. The whole-payload checksum is not re-checked here: every chunk is
 authenticated on its own, and the chunk list comes from the verified header.
 """
 
@@ -76,11 +77,13 @@ class PayloadReader:
             pos += r.length
         self._offsets, self._refs = offsets, refs
 
-    def _submit(self, i: int) -> Future[bytes]:
+    def _submit(self, i: int, hint_until: int = -1) -> Future[bytes]:
+        """Fetch chunk ``i`` in the pool; a sequential reader (``hint_until``: the last
+        chunk it will want) also hints the blob ``PREFETCH`` chunks further on."""
         assert self._refs is not None
         keys = self.view.epoch_keys(self.version.header.epoch)
         j = i + PREFETCH
-        ahead = self._refs[j] if j < len(self._refs) else None
+        ahead = self._refs[j] if j <= hint_until else None
         return self.store.payloads.pool.submit(self.store.payloads.read_chunk, self._refs[i], keys, self.view.id, ahead)
 
     # ------------------------------------------------------------ async reads
@@ -125,7 +128,7 @@ class PayloadReader:
             keys = self.view.epoch_keys(self.version.header.epoch)
             return self._keep(i, self.store.payloads.read_chunk(self._refs[i], keys, self.view.id))
         if fut is None:
-            fut = self._pending[i] = self._submit(i)
+            fut = self._pending[i] = self._submit(i, len(self._refs) - 1 if sequential and self._refs else -1)
         self._waiting[i] += 1
         try:
             data = await wait_future(fut)
@@ -148,7 +151,7 @@ class PayloadReader:
         assert self._refs is not None
         for j in range(i + 1, min(i + 1 + READ_AHEAD, len(self._refs))):
             if j not in self._cache and j not in self._pending:
-                self._pending[j] = self._submit(j)
+                self._pending[j] = self._submit(j, len(self._refs) - 1)
         for j in [j for j in self._pending if j < i - READ_AHEAD and j not in self._waiting]:
             self._pending.pop(j).cancel()  # read-ahead nobody asked for: the reader jumped away
 
@@ -179,7 +182,7 @@ class PayloadReader:
             while futures or nxt <= last:
                 while nxt <= last and len(futures) < window:
                     cached = self._cache.get(nxt)
-                    futures.append((nxt, cached if cached is not None else self._submit(nxt)))
+                    futures.append((nxt, cached if cached is not None else self._submit(nxt, last)))
                     nxt += 1
                 i, item = futures.popleft()
                 data = item if isinstance(item, bytes) else item.result()
