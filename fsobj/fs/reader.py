@@ -7,8 +7,9 @@ runs on the store's payload thread pool (``PayloadIO.pool``); trio awaits the
 future without blocking the event loop or parking a worker thread. When reads
 are sequential, the next ``READ_AHEAD`` chunks are fetched before they are
 asked for, and each fetch first hints the blob ``PREFETCH`` chunks further on
-(``BlobStore.prefetch``); random reads hint nothing. The whole-payload checksum is not re-checked here: every chunk is
-authenticated on its own, and the chunk list comes from the verified header.
+(``BlobStore.prefetch``); random reads hint nothing. The whole-payload
+checksum is not re-checked here: every chunk is authenticated on its own, and
+the chunk list comes from the verified header.
 """
 
 from __future__ import annotations
