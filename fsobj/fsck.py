@@ -108,8 +108,9 @@ def _verify_chunks(
         raise IntegrityError(f"{what}: chunk lengths do not add up to the header's length")
     if v.header.checksum not in seen:
         hasher = crypto.new_hasher()
-        for ref in refs:
-            hasher.update(store.payloads.read_chunk(ref, keys, view.id))
+        chunks = store.payloads.iter_chunks(refs, v.header.length, keys, view.id)
+        for ref, data in zip(refs, chunks, strict=True):
+            hasher.update(data)
             if ref.id not in seen:
                 seen.add(ref.id)
                 report.payload_blobs += 1

@@ -260,7 +260,7 @@ class PayloadIO:
 
     def _keep(self, asm: _Assembly, refs: list[ChunkRef], length: int) -> None:
         """Add chunks kept from the base (read and authenticated, for the checksum)."""
-        chunks = self._iter_chunks(refs, length, asm.keys, asm.pid, None)
+        chunks = self.iter_chunks(refs, length, asm.keys, asm.pid, None)
         for ref, data in zip(refs, chunks, strict=True):
             asm.add_kept(ref, data)
 
@@ -368,7 +368,7 @@ class PayloadIO:
             yield header.data
             return
         refs = self.chunk_refs(header, keys)
-        yield from self._iter_chunks(refs, header.length, keys, header.partition, progress)
+        yield from self.iter_chunks(refs, header.length, keys, header.partition, progress)
 
     def iter_written(self, written: WrittenPayload, keys: crypto.EpochKeys, pid: bytes) -> Iterator[bytes]:
         """Yield the plaintext of a payload written but not (yet) named by a header,
@@ -377,11 +377,19 @@ class PayloadIO:
             yield written.inline
             return
         refs = self._expand(written.chunks, written.tree, written.length, keys, pid)[0]
-        yield from self._iter_chunks(refs, written.length, keys, pid, None)
+        yield from self.iter_chunks(refs, written.length, keys, pid, None)
 
-    def _iter_chunks(
-        self, refs: list[ChunkRef], length: int, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
+    def iter_chunks(
+        self,
+        refs: list[ChunkRef],
+        length: int,
+        keys: crypto.EpochKeys,
+        pid: bytes,
+        progress: Progress | None = None,
     ) -> Iterator[bytes]:
+        """Yield the verified plaintext of ``refs`` in order (``WINDOW`` chunks in flight
+        in the pool, each hinting the blob ``PREFETCH`` further on); ``IntegrityError``
+        if they do not add up to ``length``."""
         total = 0
         window: collections.deque[Future[bytes]] = collections.deque()
 
