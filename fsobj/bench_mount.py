@@ -412,7 +412,7 @@ def _check(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float
         )
     if "edit_4k_share_of_write" in fs:
         v = fs["edit_4k_share_of_write"]
-        out.append({"figure": "mount.edit_4k_share_of_write", "value": v, "target": "< 0.25", "met": v < 0.25})
+        out.append({"figure": "mount.edit_4k_share_of_write", "value": v, "target": "< 0.05", "met": v < 0.05})
     if "daemon_peak_rss_MiB_copying_big_file" in fs:
         v = fs["daemon_peak_rss_MiB_copying_big_file"]
         out.append({"figure": "mount.daemon_peak_rss_MiB", "value": v, "target": "< 300", "met": v < 300})

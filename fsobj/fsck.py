@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from fsobj import crypto
 from fsobj.errors import FsobjError, IntegrityError, NotFoundError, UsageError
 from fsobj.index import PartitionRow, VersionRow
-from fsobj.model.header import decode_header_blob
+from fsobj.model.checksum import BlockHasher
+from fsobj.model.header import VersionHeader, decode_header_blob
 from fsobj.model.partition import PartitionRecord
 from fsobj.store import INCOMPLETE, PartitionView, Store, Version
 
@@ -90,7 +91,7 @@ def _verify_version(store: Store, view: PartitionView, vrow: VersionRow, report:
         _compare_row(store, view, v, vrow)
         keys = view.epoch_keys(v.header.epoch)
         if v.header.data is not None:  # carried by the header (its length is checked on decoding)
-            if crypto.hash_bytes(v.header.data) != v.header.checksum:
+            if _checksum(v.header, [v.header.data]) != v.header.checksum:
                 raise IntegrityError(f"{what}: payload does not match the checksum in its header")
         else:
             _verify_chunks(store, view, v, keys, report, seen)
@@ -106,18 +107,35 @@ def _verify_chunks(
     refs = store.payloads.chunk_refs(v.header, keys)
     if sum(r.length for r in refs) != v.header.length:
         raise IntegrityError(f"{what}: chunk lengths do not add up to the header's length")
+    if v.header.format == 3:  # the block list: readable, fits the length, hashes to the checksum
+        store.payloads.expand_blocks(v.header, keys)
     if v.header.checksum not in seen:
-        hasher = crypto.new_hasher()
         chunks = store.payloads.iter_chunks(refs, v.header.length, keys, view.id)
-        for ref, data in zip(refs, chunks, strict=True):
-            hasher.update(data)
-            if ref.id not in seen:
-                seen.add(ref.id)
-                report.payload_blobs += 1
-                report.bytes_checked += ref.length
-        if hasher.digest() != v.header.checksum:
+
+        def counted() -> Iterator[bytes]:
+            for ref, data in zip(refs, chunks, strict=True):
+                if ref.id not in seen:
+                    seen.add(ref.id)
+                    report.payload_blobs += 1
+                    report.bytes_checked += ref.length
+                yield data
+
+        if _checksum(v.header, counted()) != v.header.checksum:
             raise IntegrityError(f"{what}: payload does not match the checksum in its header")
         seen.add(v.header.checksum)
+
+
+def _checksum(header: VersionHeader, payload: Iterable[bytes]) -> bytes:
+    """The checksum of ``payload`` as ``header``'s format defines it (docs/format.md)."""
+    if header.format == 3:
+        blocks = BlockHasher()
+        for data in payload:
+            blocks.update(data)
+        return blocks.finish()[1]
+    hasher = crypto.new_hasher()  # formats 1 and 2: plain BLAKE3 of the payload
+    for data in payload:
+        hasher.update(data)
+    return hasher.digest()
 
 
 def _verify_links(store: Store, view: PartitionView, vrows: list[VersionRow], report: Report) -> None:

@@ -22,7 +22,17 @@ from test_cbor import same
 from fsobj import chunking, crypto, identity
 from fsobj.errors import FormatError, IdentityError, IntegrityError
 from fsobj.model import cbor
+from fsobj.model.checksum import (
+    BLOCK_SIZE,
+    CHECKSUM_CONTEXT,
+    BlockHasher,
+    blocks_of,
+    check_blocks,
+    checksum_of,
+)
 from fsobj.model.header import (
+    BLOCK_LIST_TYPE,
+    ChunkRef,
     VersionHeader,
     decode_chunk_list,
     decode_header_blob,
@@ -413,6 +423,93 @@ def test_malformed_header_body_is_refused(change):
     body = {**untag(V["versions"][0]["body"]), **change}
     with pytest.raises(FormatError):
         VersionHeader.from_body(body)
+
+
+def test_format3_headers_carry_the_block_checksum_and_block_list():
+    """Header format 3 (what writers write): ``checksum`` is derived from the block
+    hashes; ``data`` is always present (null for a payload in chunks)."""
+    chunked, small = (untag(V["versions"][i]["body"]) for i in (3, 4))
+    assert chunked["v"] == small["v"] == 3 and chunked["data"] is None and small["data"] is not None
+    for b, payload in ((chunked, h(V["chunk"]["plaintext"])), (small, small["data"])):
+        assert b["blocks"] == [[blake3.blake3(payload).digest(), len(payload)]] and b["block_tree"] is None
+        assert b["checksum"] == checksum_of([blake3.blake3(payload).digest()]) != blake3.blake3(payload).digest()
+        header = VersionHeader.from_body(b)
+        assert header.format == 3 and header.checksum_type == "blake3-blocks-1m"
+        assert header.blocks == (ChunkRef(blake3.blake3(payload).digest(), len(payload)),)
+    assert VersionHeader.from_body(untag(V["versions"][0]["body"])).checksum_type == "blake3"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"blocks": None},
+        {"block_tree": [b"\x00" * 32, 1]},
+        {"block_tree": [b"\x00" * 32, 0], "blocks": None},
+        {"checksum": b"\x00" * 32},
+        {"blocks": []},
+        {"blocks": [[b"\x00" * 32, 62]]},
+        {"blocks": [[b"\x00" * 32]]},
+        {"length": 2**20 + 1},
+        {"data": b"x"},
+        {"v": 4},
+    ],
+    ids=lambda c: "-".join(c),
+)
+def test_malformed_format3_header_is_refused(change):
+    """Exactly one of blocks/block_tree; an inline block list fits the length and
+    hashes to the checksum."""
+    body = {**untag(V["versions"][3]["body"]), **change}
+    with pytest.raises(FormatError):
+        VersionHeader.from_body(body)
+    assert VersionHeader.from_body(untag(V["versions"][3]["body"])).format == 3
+
+
+def test_block_checksum():
+    """Block hashes and checksums of the vector payloads: in one piece, streamed in odd
+    pieces, with known blocks spliced in, and of a file on disk."""
+    v = V["block_checksum"]
+    assert (v["block_size"], v["context"]) == (BLOCK_SIZE, CHECKSUM_CONTEXT)
+    stream = blake3.blake3(b"fsobj block checksum vector").digest(max(p["length"] for p in v["payloads"]))
+    for p in v["payloads"]:
+        data = stream[: p["length"]]
+        want = [(h(x), n) for x, n in p["blocks"]]
+        assert blocks_of(data) == want and checksum_of(x for x, _ in want).hex() == p["checksum"]
+        hasher = BlockHasher()
+        for i in range(0, len(data), 300_007):
+            hasher.update(data[i : i + 300_007])
+        assert hasher.finish() == (want, h(p["checksum"]))
+        if len(want) > 1:  # the first block known, the rest hashed
+            spliced = BlockHasher()
+            spliced.extend(want[:1])
+            spliced.update(data[BLOCK_SIZE:])
+            assert spliced.finish()[1].hex() == p["checksum"]
+            with pytest.raises(ValueError):  # known blocks only at a block boundary
+                spliced = BlockHasher()
+                spliced.update(b"x")
+                spliced.extend(want[:1])
+
+
+def test_block_list_node():
+    """A block-list node is a kind-3 blob (chunk-list id key) of type fsobj-block-list."""
+    n = V["block_list"]
+    entries = decode_chunk_list(h(n["plaintext"]), BLOCK_LIST_TYPE)
+    last = V["block_checksum"]["payloads"][-1]
+    assert [[e.id.hex(), e.length] for e in entries] == last["blocks"]
+    assert encode_chunk_list(entries, BLOCK_LIST_TYPE).hex() == n["plaintext"]
+    assert keys().payload_blob_id(crypto.KIND_CHUNK_LIST, h(n["plaintext"])).hex() == n["blob_id"]
+    assert crypto.open_blob(h(n["blob"]), crypto.KIND_CHUNK_LIST, keys(), PID, h(n["blob_id"])).hex() == n["plaintext"]
+    with pytest.raises(FormatError):  # not a chunk list
+        decode_chunk_list(h(n["plaintext"]))
+    with pytest.raises(FormatError):
+        decode_chunk_list(h(V["chunk_list"]["plaintext"]), BLOCK_LIST_TYPE)
+
+
+def test_block_list_shape():
+    assert check_blocks([], 0) and check_blocks([(b"", 1)], 1)
+    assert check_blocks([(b"", BLOCK_SIZE), (b"", 1)], BLOCK_SIZE + 1)
+    assert not check_blocks([(b"", 1), (b"", BLOCK_SIZE)], BLOCK_SIZE + 1)
+    assert not check_blocks([(b"", BLOCK_SIZE)], BLOCK_SIZE + 1)
+    assert not check_blocks([(b"", 2)], 1)
 
 
 def test_header_without_session_fails_verification():

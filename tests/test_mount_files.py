@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_mount_support import Mount, exchange, needs_fuse, sh, shared_mount, sync_dir  # noqa: F401
+from test_mount_support import FSOBJ, Mount, exchange, needs_fuse, sh, shared_mount, sync_dir  # noqa: F401
 
 pytestmark = needs_fuse
 
@@ -249,10 +249,13 @@ def test_getfattr_and_setfattr(shared_mount: Mount, d: Path) -> None:  # noqa: F
         "created",
         "length",
         "checksum",
+        "checksum_type",
         "chunks",
         "signature",
     ):
         assert f"user.fsobj.{name}=" in dump, name
+    assert os.getxattr(f, "user.fsobj.checksum_type") == b"blake3-blocks-1m"
+    assert sh(f"{FSOBJ} checksum '{f}'").split()[0].encode() == os.getxattr(f, "user.fsobj.checksum")
     assert os.getxattr(f, "user.fsobj.length") == b"1002"
     assert os.getxattr(f, "user.fsobj.sort_key") == f"{d.name}/photo.jpg".encode()
     sh(f"setfattr -n user.camera -v X100 '{f}'")
@@ -502,9 +505,8 @@ def test_streamed_big_writes_with_reads_and_a_seek_back_while_open(d: Path) -> N
 def test_a_small_edit_of_a_big_file_is_the_version_a_whole_write_gives(d: Path, tmp_path: Path) -> None:
     """A 4 KiB overwrite, an append and a truncate of a 12 MiB file commit spliced payloads
     (only the chunks around the change are cut again): byte for byte the edited content,
-    with the checksum and chunk count of the same bytes copied in whole."""
-    import blake3
-
+    with the checksum and chunk count of the same bytes copied in whole; ``fsobj
+    checksum`` of the local copy prints that checksum."""
     local = tmp_path / "big.bin"
     local.write_bytes(random.Random(11).randbytes(12 * 1024 * 1024))
     f = d / "big.bin"
@@ -523,6 +525,6 @@ def test_a_small_edit_of_a_big_file_is_the_version_a_whole_write_gives(d: Path, 
         sh(f"cmp '{local}' '{f}'")
         whole = d / f"whole{n}.bin"
         sh(f"cp '{local}' '{whole}'")
-        assert os.getxattr(f, "user.fsobj.checksum") == blake3.blake3(local.read_bytes()).hexdigest().encode()
+        assert os.getxattr(f, "user.fsobj.checksum") == sh(f"{FSOBJ} checksum '{local}'").split()[0].encode()
         for name in ("checksum", "chunks", "length"):
             assert os.getxattr(f, f"user.fsobj.{name}") == os.getxattr(whole, f"user.fsobj.{name}"), name

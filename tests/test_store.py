@@ -621,15 +621,19 @@ def test_chunking_pieces_cut_like_the_whole(
     assert all(c.readonly for c in got)
 
 
+SPLICE_BASE = 12 * MiB + 777_777
+
+
 @pytest.fixture(scope="module")
 def splice_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, crypto.Identity, bytes]:
-    """A store holding one 12 MiB payload (about 20 chunks), edited by the splice tests."""
+    """A store holding one payload of 12.7 MiB (about 25 chunks; its last 1 MiB block
+    is not full), edited by the splice tests."""
     root = tmp_path_factory.mktemp("splice") / "store"
     Store.init(root)
     owner = crypto.Identity.generate("editor")
     with Store.open(root, owner) as s:
         pid = s.create_partition("edits").id
-        s.put(pid, "base", rand_bytes(12 * MiB, 7))
+        s.put(pid, "base", rand_bytes(SPLICE_BASE, 7))
     return root, owner, pid
 
 
@@ -646,7 +650,9 @@ edits = st.lists(
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=edits, seed=st.integers(0, 2**32 - 1))
 @example(ops=[("write", 6 * MiB, 4096)], seed=1)  # a small edit in the middle
-@example(ops=[("write", 12 * MiB, 1000)], seed=2)  # an append: the base's last chunk was cut by its end
+@example(ops=[("write", SPLICE_BASE, 1000)], seed=2)  # an append: the base's last chunk was cut by its end
+@example(ops=[("write", SPLICE_BASE - 300_000, 10)], seed=6)  # the last, short block changes
+@example(ops=[("write", 12 * MiB - 300_000, 10)], seed=7)  # the last block is kept after the re-cut
 @example(ops=[("truncate", 12 * MiB - 5000, 0)], seed=3)
 @example(ops=[("truncate", 5 * MiB, 0), ("truncate", 12 * MiB, 0)], seed=4)  # a hole where bytes were
 @example(ops=[], seed=5)
@@ -654,8 +660,8 @@ def test_a_spliced_edit_is_the_payload_a_whole_write_gives(
     splice_base: tuple[Path, crypto.Identity, bytes], ops: list[tuple[str, int, int]], seed: int
 ) -> None:
     """Writes and truncates applied to a committed payload, committed as a ``Splice``:
-    the same chunk list and checksum as writing the whole new content, and new blobs
-    only for the chunks around the edits."""
+    the same chunk list, block list and checksum as writing the whole new content, new
+    blobs only for the chunks around the edits, and no chunk of the base read back."""
     from fsobj.store.payload import Splice
 
     root, owner, pid = splice_base
@@ -682,22 +688,84 @@ def test_a_spliced_edit_is_the_payload_a_whole_write_gives(
         stored: list[int] = []  # chunks cut and identified again (the real _store, counted)
         real_store = s.payloads._store
         s.payloads._store = lambda kind, *a: stored.append(kind) or real_store(kind, *a)  # type: ignore[method-assign]
+        base_chunks = set(chunk_ids(s, base))
+        read_back: list[bytes] = []  # base chunks fetched from disk (the real get, counted)
+        real_get = s.blobs.get
+        s.blobs.get = lambda i: (read_back.append(i) if i in base_chunks else None) or real_get(i)  # type: ignore[method-assign]
         v = s.commit(
             view, None, sort_key=f"edit{seed}", source=Splice(base.header, len(data), span, lambda a: [data[a:]])
         )
         added = blob_files(root) - before
-        del s.payloads._store
+        del s.payloads._store, s.blobs.get
+        assert read_back == []  # kept chunks are neither read nor hashed: their blocks' hashes are kept
         if span is not None and span[1] - span[0] <= 4096 and len(data) == base.header.length:
             assert stored.count(crypto.KIND_CHUNK) <= 3  # a small edit cuts a chunk or two again, not all
         keys = view.current_keys()
         whole = s.payloads.write(io.BytesIO(data), keys, pid)
         assert (v.header.length, v.header.checksum) == (len(data), whole.checksum)
+        assert v.header.format == 3 and v.header.blocks == whole.blocks
         assert chunk_ids(s, v) == whole.refs[: len(chunk_ids(s, v))] and len(whole.refs) == len(chunk_ids(s, v))
         assert s.read_bytes(v) == data
-        base_chunks = set(chunk_ids(s, base))
         fresh = [c for c in chunk_ids(s, v) if c not in base_chunks]
         # new blobs: the chunks that differ from the base's, and the header
         assert len(added) <= len(fresh) + 1
+
+
+def test_a_splice_of_a_payload_with_a_block_tree(store_dir: Path, store: Store) -> None:
+    """Over 64 blocks the block list is a tree of block-list nodes: an edit in the
+    middle keeps it but for the changed leaf, and fsck checks it."""
+    from fsobj import fsck
+    from fsobj.model.checksum import BLOCK_SIZE
+    from fsobj.store.payload import Splice
+
+    pid = fresh_partition(store)
+    data = bytearray(rand_bytes(70 * MiB, 11))
+    base = store.put(pid, "big", bytes(data))
+    assert base.header.format == 3 and base.header.blocks is None and base.header.block_tree is not None
+    data[35 * MiB + 5 : 35 * MiB + 4101] = rand_bytes(4096, 12)
+    edited = bytes(data)
+    span = (35 * MiB + 5, 35 * MiB + 4101)
+    v = store.update(base, source=Splice(base.header, len(edited), span, lambda a: [edited[a:]]))
+    keys = store.partition(pid).current_keys()
+    whole = store.payloads.write(io.BytesIO(edited), keys, pid)
+    assert (v.header.checksum, v.header.block_tree) == (whole.checksum, whole.block_tree)
+    blocks = store.payloads.expand_blocks(v.header, keys)[0]
+    old = store.payloads.expand_blocks(base.header, keys)[0]
+    assert [i for i, (a, b) in enumerate(zip(old, blocks, strict=True)) if a != b] == [35]
+    assert len(blocks) == 70 and all(b.length == BLOCK_SIZE for b in blocks)
+    assert store.read_bytes(v) == edited
+    assert not fsck.verify(store).faults
+    # a block-list node that does not hash to the checksum is caught on the next edit
+    tampered = v.header.with_(checksum=bytes(32))
+    with pytest.raises(IntegrityError):
+        store.payloads.expand_blocks(tampered, keys)
+
+
+def test_a_version_of_header_format_1_is_read_kept_and_edited(store_dir: Path, store: Store) -> None:
+    """Versions written before format 3 (checksum = plain BLAKE3, no block list) stay
+    readable and verifiable; a metadata change keeps their format, an edit writes the
+    whole content again in format 3."""
+    import blake3
+
+    from fsobj import fsck
+    from fsobj.store.payload import Splice
+
+    pid = fresh_partition(store)
+    view = store.partition(pid)
+    data = rand_bytes(3 * MiB, 21)
+    old = store.payloads.write(io.BytesIO(data), view.current_keys(), pid)
+    old.checksum, old.blocks, old.block_tree = blake3.blake3(data).digest(), None, None  # what format 1 wrote
+    v1 = store.commit(view, None, sort_key="old", source=old)
+    assert v1.header.format == 1 and v1.summary()["checksum_type"] == "blake3"
+    assert store.read_bytes(store.get(pid, "old")) == data and not fsck.verify(store).faults
+    v2 = store.update(v1, headers=[("k", "v")])
+    assert (v2.header.format, v2.header.checksum) == (1, v1.header.checksum)
+    edited = data[:MiB] + b"x" + data[MiB + 1 :]
+    v3 = store.update(v2, source=Splice(v2.header, len(edited), (MiB, MiB + 1), lambda a: [edited[a:]]))
+    assert v3.header.format == 3 and v3.summary()["checksum_type"] == "blake3-blocks-1m"
+    assert store.read_bytes(v3) == edited and not fsck.verify(store).faults
+    forged = v1.header.with_(checksum=blake3.blake3(edited).digest())
+    assert fsck._checksum(forged, [data]) != forged.checksum
 
 
 def test_a_small_payload_lives_in_its_header_blob(store_dir: Path, store: Store) -> None:

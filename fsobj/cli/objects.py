@@ -1,4 +1,4 @@
-"""CLI commands on objects: put, get, ls, log, rm, purge."""
+"""CLI commands on objects: put, get, ls, log, rm, purge, checksum."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import click
 
 from fsobj.cli.common import Context, emit_json, fmt_time, hash_arg, pass_ctx, progress
 from fsobj.errors import DeletedError, UsageError
+from fsobj.model.checksum import file_checksum
 from fsobj.store import Version
 
 
@@ -212,4 +213,19 @@ def purge(ctx: Context, partition: str, sort_key: str, yes: bool) -> None:
     click.echo(f"purged {versions} versions, freed {freed} payload blobs")
 
 
-COMMANDS = [put, get, ls, log, rm, purge]
+@click.command("checksum")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=False))
+def checksum(files: tuple[str, ...]) -> None:
+    """Print the payload checksum that FILES would have in a store.
+
+    Local files, no store or key needed: compare the output with the
+    user.fsobj.checksum attribute (or the "checksum" of `log --json`) of a
+    version whose checksum_type is blake3-blocks-1m. Versions written before
+    that type existed show checksum_type blake3: plain BLAKE3, as b3sum prints.
+    Output: "<checksum>  <file>", one line per file.
+    """
+    for f in files:
+        click.echo(f"{file_checksum(f).hex()}  {f}")
+
+
+COMMANDS = [put, get, ls, log, rm, purge, checksum]

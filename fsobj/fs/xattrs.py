@@ -40,6 +40,7 @@ def version_xattrs(v: Version, view: PartitionView, chunk_count: int) -> dict[st
         "created": _time(h.created_us),
         "length": str(h.length),
         "checksum": h.checksum.hex(),
+        "checksum_type": h.checksum_type,
         "chunks": str(chunk_count),
         "signature": "valid",  # load_version verified the session certificate and the integrity signature
     }

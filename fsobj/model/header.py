@@ -17,9 +17,11 @@ from typing import Any
 from fsobj import crypto
 from fsobj.errors import FormatError, IntegrityError, UsageError
 from fsobj.model import cbor
+from fsobj.model.checksum import CHECKSUM_TYPE, check_blocks, checksum_of
 
 FORMAT_VERSION = 1
 INLINE_FORMAT_VERSION = 2  # a header that carries its payload (``data``)
+BLOCKS_FORMAT_VERSION = 3  # block checksum and block list (fsobj.model.checksum); what writers write
 HEADER_TYPE = "fsobj-version"
 MAX_SORT_KEY_BYTES = 4096
 MAX_INLINE_CHUNKS = 64
@@ -51,6 +53,9 @@ _BODY_KEYS = frozenset(
         "session",
     }
 )
+_BLOCKS_BODY_KEYS = _BODY_KEYS | {"data", "blocks", "block_tree"}
+CHUNK_LIST_TYPE = "fsobj-chunk-list"
+BLOCK_LIST_TYPE = "fsobj-block-list"
 
 
 def _is_uint(x: object) -> bool:
@@ -70,9 +75,11 @@ def _is_ref(x: object) -> bool:
 
 def _check_body(b: dict[str, Any]) -> None:
     """Exact field set and CBOR type of every field (docs/format.md, "Version header")."""
-    inline = b.get("v") == INLINE_FORMAT_VERSION
-    if set(b) != (_BODY_KEYS | {"data"} if inline else _BODY_KEYS):
+    v = b.get("v")
+    keys = {FORMAT_VERSION: _BODY_KEYS, INLINE_FORMAT_VERSION: _BODY_KEYS | {"data"}}.get(v, _BLOCKS_BODY_KEYS)
+    if set(b) != keys:
         raise FormatError("version header has missing or unknown fields")
+    inline = v == INLINE_FORMAT_VERSION or b.get("data") is not None
     if inline and not (
         type(b["data"]) is bytes
         and 0 < len(b["data"]) <= MAX_INLINE_DATA
@@ -108,6 +115,25 @@ def _check_body(b: dict[str, Any]) -> None:
         check_sort_key(b["sort_key"])
     except UsageError as e:
         raise FormatError(f"malformed version header: {e}") from e
+    if v == BLOCKS_FORMAT_VERSION:
+        _check_blocks(b)
+
+
+def _check_blocks(b: dict[str, Any]) -> None:
+    """The format-3 fields: ``blocks`` xor ``block_tree``; an inline block list has
+    the payload's shape and hashes to ``checksum``."""
+    blocks, tree = b["blocks"], b["block_tree"]
+    if (blocks is None) == (tree is None):
+        raise FormatError("version header must have exactly one of blocks/block_tree")
+    if tree is not None and not (_is_ref(tree) and tree[1] >= 1):
+        raise FormatError("malformed version header: block_tree")
+    if blocks is not None:
+        if not (isinstance(blocks, list) and all(_is_ref(x) for x in blocks)):
+            raise FormatError("malformed version header: blocks")
+        if not _is_uint(b["length"]) or not check_blocks([(h, n) for h, n in blocks], b["length"]):
+            raise FormatError("malformed version header: the block list does not fit the payload length")
+        if checksum_of(h for h, _ in blocks) != b["checksum"]:
+            raise FormatError("malformed version header: the checksum is not that of its block list")
 
 
 def check_sort_key(sort_key: object) -> str:
@@ -179,7 +205,7 @@ class VersionHeader:
     seq: int  # version number in the series, 1-based
     sort_key: str
     headers: tuple[tuple[str, str], ...]
-    checksum: bytes  # BLAKE3-256 of the payload plaintext
+    checksum: bytes  # format 3: block checksum (fsobj.model.checksum); 1, 2: BLAKE3-256 of the payload
     chunks: tuple[ChunkRef, ...] | None  # inline chunk list, or None if ``tree`` is set
     tree: tuple[bytes, int] | None  # (root chunk-list id, depth) for large payloads
     tombstone: bool
@@ -188,12 +214,27 @@ class VersionHeader:
     acl: int  # seq of the partition record the author wrote under
     session: dict[str, Any] = field(default_factory=dict)  # verification header
     data: bytes | None = None  # the payload itself, if small (then ``chunks`` is empty)
+    # Format 3 (both None: format 1 or 2, whose checksum is a plain BLAKE3): the
+    # block list inline as (block hash, length) refs, or (root, depth) of its tree.
+    blocks: tuple[ChunkRef, ...] | None = None
+    block_tree: tuple[bytes, int] | None = None
+
+    @property
+    def format(self) -> int:
+        if self.blocks is not None or self.block_tree is not None:
+            return BLOCKS_FORMAT_VERSION
+        return FORMAT_VERSION if self.data is None else INLINE_FORMAT_VERSION
+
+    @property
+    def checksum_type(self) -> str:
+        """How ``checksum`` was computed: the block checksum, or a plain BLAKE3 (formats 1, 2)."""
+        return CHECKSUM_TYPE if self.format == BLOCKS_FORMAT_VERSION else "blake3"
 
     # ------------------------------------------------------------ encoding
     def body(self) -> dict[str, Any]:
         body = {
             "type": HEADER_TYPE,
-            "v": FORMAT_VERSION if self.data is None else INLINE_FORMAT_VERSION,
+            "v": self.format,
             "partition": self.partition,
             "author": self.author,
             "created": self.created_us,
@@ -212,7 +253,11 @@ class VersionHeader:
             "acl": self.acl,
             "session": self.session,
         }
-        if self.data is not None:
+        if self.format == BLOCKS_FORMAT_VERSION:
+            body["data"] = self.data
+            body["blocks"] = None if self.blocks is None else [[c.id, c.length] for c in self.blocks]
+            body["block_tree"] = None if self.block_tree is None else [self.block_tree[0], self.block_tree[1]]
+        elif self.data is not None:
             body["data"] = self.data
         return body
 
@@ -233,12 +278,12 @@ class VersionHeader:
     def from_body(cls, b: dict[str, Any]) -> VersionHeader:
         if not isinstance(b, dict) or b.get("type") != HEADER_TYPE:
             raise FormatError("not a version header")
-        if type(b.get("v")) is not int or b["v"] not in (FORMAT_VERSION, INLINE_FORMAT_VERSION):
+        if type(b.get("v")) is not int or b["v"] not in (FORMAT_VERSION, INLINE_FORMAT_VERSION, BLOCKS_FORMAT_VERSION):
             raise FormatError(f"unknown header format version {b.get('v')!r}")
         _check_body(b)
         try:
-            chunks = b["chunks"]
-            tree = b["tree"]
+            chunks, tree = b["chunks"], b["tree"]
+            blocks, block_tree = b.get("blocks"), b.get("block_tree")
             h = cls(
                 partition=b["partition"],
                 author=b["author"],
@@ -258,6 +303,8 @@ class VersionHeader:
                 acl=b["acl"],
                 session=b["session"],
                 data=b.get("data"),
+                blocks=None if blocks is None else tuple(ChunkRef(i, n) for i, n in blocks),
+                block_tree=None if block_tree is None else (block_tree[0], block_tree[1]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"malformed version header: {e}") from e
@@ -330,17 +377,19 @@ def verify_signatures(
     crypto.verify_signature(key, integrity, crypto.SIG_INTEGRITY + absolute_hash, what)
 
 
-def encode_chunk_list(entries: list[ChunkRef]) -> bytes:
-    """A chunk-list node (linked child object of a large payload)."""
+def encode_chunk_list(entries: list[ChunkRef], node_type: str = CHUNK_LIST_TYPE) -> bytes:
+    """A chunk-list node (linked child object of a large payload), or with
+    ``BLOCK_LIST_TYPE`` a block-list node (entries: block hash and length)."""
     entries_cbor = [[c.id, c.length] for c in entries]
-    return cbor.encode({"type": "fsobj-chunk-list", "v": FORMAT_VERSION, "entries": entries_cbor})
+    return cbor.encode({"type": node_type, "v": FORMAT_VERSION, "entries": entries_cbor})
 
 
-def decode_chunk_list(plaintext: bytes) -> list[ChunkRef]:
+def decode_chunk_list(plaintext: bytes, node_type: str = CHUNK_LIST_TYPE) -> list[ChunkRef]:
     d = cbor.decode(plaintext)
-    if not isinstance(d, dict) or d.get("type") != "fsobj-chunk-list" or d.get("v") != FORMAT_VERSION:
-        raise FormatError("malformed chunk list")
+    what = "block list" if node_type == BLOCK_LIST_TYPE else "chunk list"
+    if not isinstance(d, dict) or d.get("type") != node_type or d.get("v") != FORMAT_VERSION:
+        raise FormatError(f"malformed {what}")
     entries = d.get("entries")
     if set(d) != {"type", "v", "entries"} or not isinstance(entries, list) or not all(_is_ref(e) for e in entries):
-        raise FormatError("malformed chunk list")
+        raise FormatError(f"malformed {what}")
     return [ChunkRef(i, n) for i, n in entries]

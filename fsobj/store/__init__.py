@@ -104,6 +104,7 @@ class Version:
             "length": h.length,
             "tombstone": h.tombstone,
             "checksum": h.checksum.hex(),
+            "checksum_type": h.checksum_type,
             "headers": [list(kv) for kv in h.headers],
             "posix": h.posix.to_cbor(),
             "epoch": h.epoch,
@@ -501,6 +502,8 @@ class Store(PartitionsMixin):
             chunks=payload.chunks,
             tree=payload.tree,
             data=payload.inline,
+            blocks=payload.blocks,
+            block_tree=payload.block_tree,
             tombstone=tombstone,
             posix=posix or (ph.posix if ph else Posix(mtime_ns=time.time_ns())),
             epoch=keys.epoch,
@@ -553,7 +556,16 @@ class Store(PartitionsMixin):
             source = IterStream(iter(source.content(0)))  # the base's chunks are under other keys
         if source is ... and prev is not None and prev.header.epoch == keys.epoch:
             h = prev.header
-            return WrittenPayload(h.length, h.checksum, h.chunks, h.tree, self.index.refs_of(prev.hash), inline=h.data)
+            return WrittenPayload(
+                h.length,
+                h.checksum,
+                h.chunks,
+                h.tree,
+                self.index.refs_of(prev.hash),
+                inline=h.data,
+                blocks=h.blocks,
+                block_tree=h.block_tree,
+            )
         if source is ...:
             # the key rotated since prev: re-encrypt its payload under the new epoch
             assert prev is not None

@@ -22,7 +22,10 @@ from typing import BinaryIO
 from fsobj import chunking, crypto
 from fsobj.blobs import BlobStore
 from fsobj.errors import IntegrityError, NotFoundError
+from fsobj.model.checksum import BLOCK_SIZE, BlockHasher, blocks_of, check_blocks, checksum_of
 from fsobj.model.header import (
+    BLOCK_LIST_TYPE,
+    CHUNK_LIST_TYPE,
     MAX_INLINE_CHUNKS,
     MAX_INLINE_DATA,
     ChunkRef,
@@ -49,6 +52,10 @@ class WrittenPayload:
     new_bytes: int = 0  # bytes of blob data actually written (after dedup)
     epoch: int = -1  # key epoch the blobs were written under (-1: taken from a previous version)
     inline: bytes | None = None  # a small payload itself: it goes into the header, no blob is written
+    # the block list (format 3), inline or as a tree like the chunk list; both None
+    # only for a payload reused from a format-1/2 version (plain BLAKE3 checksum)
+    blocks: tuple[ChunkRef, ...] | None = None
+    block_tree: tuple[bytes, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,15 @@ class Splice:
 
 
 class _Assembly:
-    """The chunk list and checksum of a payload assembled in order from new chunks
-    (identified, encrypted and written in the pool, ``WINDOW`` in flight) and chunks
-    kept from an earlier payload of the same key epoch (only hashed)."""
+    """The chunk list, block list and checksum of a payload assembled in order from
+    new chunks (identified, encrypted and written in the pool, ``WINDOW`` in flight)
+    and chunks kept from an earlier payload of the same key epoch (neither read nor
+    hashed: their blocks' hashes are kept too, or the bytes are handed to
+    :meth:`hash_only`)."""
 
     def __init__(self, io: PayloadIO, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None) -> None:
         self.io, self.keys, self.pid, self.progress = io, keys, pid, progress
-        self.hasher = crypto.new_hasher()
+        self.hasher = BlockHasher()
         self.result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
         self.chunks: list[ChunkRef] = []
         self.pending: collections.deque[tuple[int, Future[tuple[bytes, int]]]] = collections.deque()
@@ -92,26 +101,38 @@ class _Assembly:
             except Exception:
                 pass
 
-    def _hash(self, data: bytes | memoryview) -> None:
-        self.checksums.append(self.io.checksum_pool.submit(self.hasher.update, data))
+    def _checksum_task(self, fn: Callable[..., None], arg: object) -> None:
+        """Run ``fn(arg)`` on the hasher in the checksum thread, in submission order."""
+        self.checksums.append(self.io.checksum_pool.submit(fn, arg))
         while len(self.checksums) > WINDOW:  # bound the memory queued for the checksum
             self.checksums.popleft().result()
+
+    def hash_only(self, data: bytes | memoryview) -> None:
+        """Payload bytes that are in kept chunks but in a block that changed."""
+        self._checksum_task(self.hasher.update, data)
+
+    def keep_blocks(self, blocks: list[ChunkRef]) -> None:
+        """Blocks of the base that the edit leaves as they are (at a block boundary)."""
+        self._checksum_task(self.hasher.extend, [(b.id, b.length) for b in blocks])
+
+    def add_new(self, data: bytes | memoryview) -> None:
+        self._checksum_task(self.hasher.update, data)
         self.result.length += len(data)
         if self.progress:
             self.progress(len(data))
-
-    def add_new(self, data: bytes | memoryview) -> None:
-        self._hash(data)
         self.pending.append(
             (len(data), self.io.pool.submit(self.io._store, crypto.KIND_CHUNK, self.keys, self.pid, data))
         )
         self._drain(WINDOW)
 
-    def add_kept(self, ref: ChunkRef, data: bytes) -> None:
-        self._hash(data)
-        kept: Future[tuple[bytes, int]] = Future()
-        kept.set_result((ref.id, 0))
-        self.pending.append((ref.length, kept))
+    def add_kept(self, refs: list[ChunkRef]) -> None:
+        for ref in refs:
+            kept: Future[tuple[bytes, int]] = Future()
+            kept.set_result((ref.id, 0))
+            self.pending.append((ref.length, kept))
+            self.result.length += ref.length
+            if self.progress:
+                self.progress(ref.length)
 
     def _drain(self, limit: int) -> None:
         while len(self.pending) > limit:
@@ -127,13 +148,33 @@ class _Assembly:
         if self.checksums:
             self.checksums[-1].result()  # FIFO: every earlier update is done too
         result = self.result
-        result.checksum = self.hasher.digest()
+        blocks, result.checksum = self.hasher.finish()
+        if self.hasher.length != result.length:
+            raise AssertionError("the block hashes do not cover the payload")  # a bug, not bad input
         result.refs = [c.id for c in self.chunks]
         if len(self.chunks) <= MAX_INLINE_CHUNKS:
             result.chunks = tuple(self.chunks)
         else:
-            result.tree = self.io._build_tree(self.chunks, self.keys, self.pid, result)
+            result.tree = self.io._build_tree(self.chunks, self.keys, self.pid, result, CHUNK_LIST_TYPE)
+        block_refs = [ChunkRef(h, n) for h, n in blocks]
+        if len(block_refs) <= MAX_INLINE_CHUNKS:
+            result.blocks = tuple(block_refs)
+        else:
+            result.block_tree = self.io._build_tree(block_refs, self.keys, self.pid, result, BLOCK_LIST_TYPE)
         return result
+
+
+def _hash_until(content: Iterator[bytes | memoryview], n: int, asm: _Assembly) -> Iterator[bytes | memoryview]:
+    """Hand the first ``n`` bytes of ``content`` to ``asm.hash_only``, then yield the rest."""
+    for piece in content:
+        if n <= 0:
+            yield piece
+            continue
+        take = min(n, len(piece))
+        asm.hash_only(piece[:take])
+        n -= take
+        if take < len(piece):
+            yield piece[take:]
 
 
 class PayloadIO:
@@ -207,23 +248,36 @@ class PayloadIO:
     def write_splice(
         self, splice: Splice, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None = None
     ) -> WrittenPayload:
-        """Store an edited payload, keeping the base's chunks that the edit cannot move.
+        """Store an edited payload, keeping the base's chunks and blocks that the edit
+        cannot change.
 
         The result is the one :meth:`write_pieces` gives for the whole new content
-        (the same chunk list and checksum); only the chunks from the one holding the
-        first changed byte up to the first cut after the last changed byte that falls
-        on one of the base's cuts are cut, identified and stored again. A chunk's cut
-        depends only on its own bytes, unless it starts less than ``MAX_SIZE`` before
-        the end: so when the length changes, the base's last chunks are cut again too.
-        The kept chunks are still read, authenticated and hashed for the whole-payload
-        checksum, which is a plain BLAKE3 of the plaintext.
-        ``keys`` must be the base's key epoch (``Store.commit`` checks).
+        (the same chunk list, block list and checksum). Only the chunks from the one
+        holding the first changed byte up to the first cut after the last changed
+        byte that falls on one of the base's cuts are cut, identified and stored
+        again. A chunk's cut depends only on its own bytes, unless it starts less
+        than ``MAX_SIZE`` before the end: so when the length changes, the base's
+        last chunks are cut again too. Only the blocks (``BLOCK_SIZE``) that hold a
+        changed byte are hashed again; the kept chunks are neither read nor hashed.
+        A base of header format 1 or 2 has no block list: the whole new content
+        is written then. ``keys`` must be the base's key epoch (``Store.commit`` checks).
         """
         base = splice.base
+        if base.format != 3:
+            return self.write_pieces(splice.content(0), keys, pid, progress)
         refs, nodes = self.expand(base, keys)
+        blocks, block_nodes = self.expand_blocks(base, keys)
         if splice.span is None and splice.length == base.length:  # nothing changed: the same payload
-            ids = [r.id for r in refs] + nodes
-            return WrittenPayload(base.length, base.checksum, base.chunks, base.tree, ids, inline=base.data)
+            return WrittenPayload(
+                base.length,
+                base.checksum,
+                base.chunks,
+                base.tree,
+                [r.id for r in refs] + nodes + block_nodes,
+                inline=base.data,
+                blocks=base.blocks,
+                block_tree=base.block_tree,
+            )
         if min(base.length, splice.length) <= chunking.MIN_SIZE:
             return self.write_pieces(splice.content(0), keys, pid, progress)
         first, last = splice.span if splice.span is not None else (splice.length, splice.length)
@@ -238,36 +292,47 @@ class PayloadIO:
         ):
             keep += 1
         start = offsets[keep]
+        read_from = start // BLOCK_SIZE * BLOCK_SIZE  # the blocks before it are kept (start <= first)
         resume = {off: i for i, off in enumerate(offsets[:-1]) if i > keep} if same_length else {}
         with _Assembly(self, keys, pid, progress) as asm:
-            self._keep(asm, refs[:keep], start)
+            asm.keep_blocks(blocks[: read_from // BLOCK_SIZE])
+            asm.add_kept(refs[:keep])
             pos, tail = start, None
-            content = iter(splice.content(start))
-            cuts = chunking.split_pieces(content, keys.cdc_seed)
+            content = iter(splice.content(read_from))
             try:
-                for data in cuts:
-                    asm.add_new(data)
-                    pos += len(data)
-                    if pos >= last and pos in resume:  # from here on the base's cuts again
-                        tail = resume[pos]
-                        break
+                pieces = _hash_until(content, start - read_from, asm)
+                cuts = chunking.split_pieces(pieces, keys.cdc_seed)
+                try:
+                    for data in cuts:
+                        asm.add_new(data)
+                        pos += len(data)
+                        if pos >= last and pos in resume:  # from here on the base's cuts again
+                            tail = resume[pos]
+                            break
+                finally:
+                    cuts.close()
             finally:
-                cuts.close()
                 getattr(content, "close", lambda: None)()  # stop its read-ahead
             if tail is not None:
-                self._keep(asm, refs[tail:], base.length - pos)
+                asm.add_kept(refs[tail:])
+                # the block holding ``pos`` is hashed to its end, from the (unchanged) bytes
+                block_end = min(-(-pos // BLOCK_SIZE) * BLOCK_SIZE, base.length)
+                rest = iter(splice.content(pos))
+                try:
+                    for _ in _hash_until(rest, block_end - pos, asm):
+                        break
+                finally:
+                    getattr(rest, "close", lambda: None)()
+                asm.keep_blocks(blocks[-(-block_end // BLOCK_SIZE) :])  # those starting at block_end
             return asm.finish()
-
-    def _keep(self, asm: _Assembly, refs: list[ChunkRef], length: int) -> None:
-        """Add chunks kept from the base (read and authenticated, for the checksum)."""
-        chunks = self.iter_chunks(refs, length, asm.keys, asm.pid, None)
-        for ref, data in zip(refs, chunks, strict=True):
-            asm.add_kept(ref, data)
 
     def _write_small(
         self, data: bytes, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
     ) -> WrittenPayload:
-        result = WrittenPayload(len(data), crypto.hash_bytes(data), (), None, epoch=keys.epoch)
+        blocks = [ChunkRef(h, n) for h, n in blocks_of(data)]
+        result = WrittenPayload(
+            len(data), checksum_of(b.id for b in blocks), (), None, epoch=keys.epoch, blocks=tuple(blocks)
+        )
         if 0 < len(data) <= MAX_INLINE_DATA:
             result.inline = bytes(data)  # the header carries it
         elif data:
@@ -280,7 +345,7 @@ class PayloadIO:
         return result
 
     def _build_tree(
-        self, level: list[ChunkRef], keys: crypto.EpochKeys, pid: bytes, result: WrittenPayload
+        self, level: list[ChunkRef], keys: crypto.EpochKeys, pid: bytes, result: WrittenPayload, node_type: str
     ) -> tuple[bytes, int]:
         depth = 0
         while True:
@@ -288,7 +353,7 @@ class PayloadIO:
             nodes: list[ChunkRef] = []
             for i in range(0, len(level), TREE_FANOUT):
                 entries = level[i : i + TREE_FANOUT]
-                node_id, written = self._store(crypto.KIND_CHUNK_LIST, keys, pid, encode_chunk_list(entries))
+                node_id, written = self._store(crypto.KIND_CHUNK_LIST, keys, pid, encode_chunk_list(entries, node_type))
                 result.refs.append(node_id)
                 if written:
                     result.new_blobs += 1
@@ -307,6 +372,19 @@ class PayloadIO:
         """(chunk list, ids of the chunk-list nodes walked to get it)."""
         return self._expand(header.chunks, header.tree, header.length, keys, header.partition)
 
+    def expand_blocks(self, header: VersionHeader, keys: crypto.EpochKeys) -> tuple[list[ChunkRef], list[bytes]]:
+        """(block list as (block hash, length) refs, ids of the block-list nodes walked);
+        ``IntegrityError`` if it does not fit the payload or its checksum. Format 3 only."""
+        if header.blocks is not None:  # checked when the header was decoded
+            return list(header.blocks), []
+        blocks, nodes = self._expand(None, header.block_tree, header.length, keys, header.partition, BLOCK_LIST_TYPE)
+        what = f"the block list of {header.sort_key!r}"
+        if not check_blocks([(b.id, b.length) for b in blocks], header.length):
+            raise IntegrityError(f"{what} does not fit its payload length")
+        if checksum_of(b.id for b in blocks) != header.checksum:
+            raise IntegrityError(f"{what} does not match the checksum in its header")
+        return blocks, nodes
+
     def _expand(
         self,
         chunks: tuple[ChunkRef, ...] | None,
@@ -314,6 +392,7 @@ class PayloadIO:
         length: int,
         keys: crypto.EpochKeys,
         pid: bytes,
+        node_type: str = CHUNK_LIST_TYPE,
     ) -> tuple[list[ChunkRef], list[bytes]]:
         if chunks is not None:
             return list(chunks), []
@@ -326,9 +405,10 @@ class PayloadIO:
             for node in level:
                 nodes.append(node.id)
                 plain = self._open(crypto.KIND_CHUNK_LIST, keys, pid, node.id)
-                entries = decode_chunk_list(plain)
+                entries = decode_chunk_list(plain, node_type)
                 if sum(e.length for e in entries) != node.length:
-                    raise IntegrityError(f"chunk list {node.id.hex()} does not add up to its length")
+                    what = "block list" if node_type == BLOCK_LIST_TYPE else "chunk list"
+                    raise IntegrityError(f"{what} {node.id.hex()} does not add up to its length")
                 nxt.extend(entries)
             level = nxt
         return level, nodes

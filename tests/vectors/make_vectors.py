@@ -34,6 +34,7 @@ from fsobj import chunking, crypto, feeds, identity
 from fsobj.errors import FormatError
 from fsobj.model import cbor
 from fsobj.model.header import (
+    BLOCK_LIST_TYPE,
     ChunkRef,
     VersionHeader,
     decode_header_blob,
@@ -261,6 +262,31 @@ def chunking_section(seeds: list[int]) -> dict[str, Any]:
     }
 
 
+def block_checksum_section() -> dict[str, Any]:
+    """Payloads of 0, 1, 1 MiB, 1 MiB + 1 and 3 MiB + 5 bytes (a BLAKE3 XOF stream):
+    their block hashes and checksums, computed here by hand from the definition."""
+    stream = blake3.blake3(b"fsobj block checksum vector").digest(3 * 2**20 + 5)
+    payloads = []
+    for n in (0, 1, 2**20, 2**20 + 1, 3 * 2**20 + 5):
+        data = stream[:n]
+        blocks = [data[i : i + 2**20] for i in range(0, n, 2**20)]
+        hashes = [blake3.blake3(b).digest() for b in blocks]
+        total = blake3.blake3(b"".join(hashes), derive_key_context="fsobj 2026-12 v1 payload checksum").digest()
+        payloads.append(
+            {
+                "length": n,
+                "blocks": [[x.hex(), len(b)] for x, b in zip(hashes, blocks, strict=True)],
+                "checksum": total.hex(),
+            }
+        )
+    return {
+        "stream": 'the first "length" bytes of BLAKE3-XOF("fsobj block checksum vector")',
+        "block_size": 2**20,
+        "context": "fsobj 2026-12 v1 payload checksum",
+        "payloads": payloads,
+    }
+
+
 def feeds_section(owner: crypto.Identity) -> dict[str, Any]:
     name = "photo-updates"
     fido = {"type": "fsobj-feed-id", "v": 1, "name": name, "owner": owner.user_id}
@@ -363,6 +389,15 @@ def build() -> dict[str, Any]:
         **node_env,
     }
 
+    # ---- payload checksum of header format 3: block hashes, checksum, a block-list node
+    out["block_checksum"] = block_checksum_section()
+    blocks = [ChunkRef(bytes.fromhex(hx), n) for hx, n in out["block_checksum"]["payloads"][-1]["blocks"]]
+    bnode = cbor.encode({"type": "fsobj-block-list", "v": 1, "entries": [[c.id, c.length] for c in blocks]})
+    assert bnode == encode_chunk_list(blocks, BLOCK_LIST_TYPE)
+    bnode_id = blake3.blake3(bnode, key=bytes.fromhex(ek_v["chunk_list_id_key"])).digest()
+    bnode_env = seal_by_hand(3, keys.blob_key, 0, fixed("block list nonce", 12), pid, bnode_id, bnode)
+    out["block_list"] = {"kind": 3, "plaintext": bnode.hex(), "blob_id": bnode_id.hex(), **bnode_env}
+
     # ---- partition record (seq 2: alice owner, bob writer, epoch 0)
     name_sealed_env = seal_by_hand(4, keys.blob_key, 0, fixed("name_sealed nonce", 12), pid, b"", ido_cbor)
     name_sealed = bytes.fromhex(name_sealed_env["blob"])
@@ -411,22 +446,25 @@ def build() -> dict[str, Any]:
     }
 
     # ---- version headers: v1 by alice (acl 1), v2 = tombstone by bob (acl 2), and a new
-    # series by alice whose small payload the header carries (header format 2)
+    # series by alice whose small payload the header carries (header format 2); then
+    # two more new series by alice in header format 3, what writers write now: the one
+    # chunk of versions[0], and a small payload in the header
     versions = []
     prev_hash: bytes | None = None
     small = b"hello, inline payload\n"
-    for n, (author, seq, acl) in enumerate(((alice, 1, 1), (bob, 2, 2), (alice, 1, 2)), start=1):
+    writers = ((alice, 1, 1), (bob, 2, 2), (alice, 1, 2), (alice, 1, 2), (alice, 1, 2))
+    for n, (author, seq, acl) in enumerate(writers, start=1):
         session_sk = Ed25519PrivateKey.from_private_bytes(fixed(f"{author.name} session key seed"))
         session_pub = raw_pub(session_sk)
         expires = 1767312000  # 2026-01-02T00:00:00Z
         session_msg = b"fsobj session v1\x00" + author.user_id + session_pub + expires.to_bytes(8, "big")
         assert session_msg == crypto.session_message(author.user_id, session_pub, expires)
         session = {"key": session_pub, "expires": expires, "sig": author.sign(session_msg)}
-        tomb, inline = n == 2, n == 3
+        tomb, inline, fmt3 = n == 2, n in (3, 5), n >= 4
         data = small if inline else b"" if tomb else payload
         body = {
             "type": "fsobj-version",
-            "v": 2 if inline else 1,
+            "v": 3 if fmt3 else 2 if inline else 1,
             "partition": pid,
             "author": author.user_id,
             "created": 1767225600000000 + 1000000 * n,
@@ -434,7 +472,7 @@ def build() -> dict[str, Any]:
             "base": versions[0]["absolute_hash_bytes"] if tomb else None,
             "prev": prev_hash if tomb else None,
             "seq": seq,
-            "sort_key": "notes/small.txt" if inline else sort_key,
+            "sort_key": f"notes/format3-{n}.txt" if fmt3 else "notes/small.txt" if inline else sort_key,
             "headers": [["content-type", "text/plain"]],
             "checksum": blake3.blake3(data).digest(),
             "chunks": [] if tomb or inline else [[chunk_id, len(payload)]],
@@ -445,7 +483,14 @@ def build() -> dict[str, Any]:
             "acl": acl,
             "session": session,
         }
-        if inline:
+        if fmt3:  # one block: its BLAKE3, then the checksum derived from the block hashes
+            body["checksum"] = blake3.blake3(
+                blake3.blake3(data).digest(), derive_key_context="fsobj 2026-12 v1 payload checksum"
+            ).digest()
+            body["data"] = data if inline else None
+            body["blocks"] = [[blake3.blake3(data).digest(), len(data)]]
+            body["block_tree"] = None
+        elif inline:
             body["data"] = data
         body_cbor = cbor.encode(body)
         abs_hash = blake3.blake3(body_cbor).digest()
