@@ -86,6 +86,23 @@ def test_put_get_ls_log_rm_round_trip(cli: Cli, tmp_path: Path) -> None:
     cli.run("verify")
 
 
+def test_checksum_of_a_local_file_is_the_checksum_of_the_object(cli: Cli, tmp_path: Path) -> None:
+    """`fsobj checksum` needs no store or key and prints what `get --info` shows (for a file,
+    stdin, an empty file, a multi-block file); a missing file exits 1."""
+    files = {"empty": b"", "small": b"hello\n", "big": os.urandom(2 * 1024 * 1024 + 17)}
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("FSOBJ_")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        cli.run("put", "docs", name, str(tmp_path / name))
+        info = json.loads(cli.run("get", "docs", name, "--info").stdout)
+        assert info["checksum_type"] == "blake3-blocks-1m"
+        line = cli.run("checksum", str(tmp_path / name), env=bare).stdout.decode()
+        assert line == f"{info['checksum']}  {tmp_path / name}\n"
+        assert cli.run("checksum", "-", input=data, env=bare).stdout.decode() == f"{info['checksum']}  -\n"
+    proc = cli.run("checksum", str(tmp_path / "missing"), env=bare, expect=1)
+    assert b"No such file" in proc.stderr
+
+
 def test_purge_frees_blobs_and_gc_keeps_live_data(cli: Cli, tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(3 * 1024 * 1024))

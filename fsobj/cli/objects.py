@@ -11,7 +11,7 @@ import click
 
 from fsobj.cli.common import Context, emit_json, fmt_time, hash_arg, pass_ctx, progress
 from fsobj.errors import DeletedError, UsageError
-from fsobj.model.checksum import file_checksum
+from fsobj.model.checksum import file_checksum, stream_checksum
 from fsobj.store import Version
 
 
@@ -214,9 +214,9 @@ def purge(ctx: Context, partition: str, sort_key: str, yes: bool) -> None:
 
 
 @click.command("checksum")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 def checksum(files: tuple[str, ...]) -> None:
-    """Print the payload checksum that FILES would have in a store.
+    """Print the payload checksum that FILES (- for stdin) would have in a store.
 
     Local files, no store or key needed: compare the output with the
     user.fsobj.checksum attribute (or the "checksum" of `log --json`) of a
@@ -225,7 +225,8 @@ def checksum(files: tuple[str, ...]) -> None:
     Output: "<checksum>  <file>", one line per file.
     """
     for f in files:
-        click.echo(f"{file_checksum(f).hex()}  {f}")
+        digest = stream_checksum(sys.stdin.buffer) if f == "-" else file_checksum(f)
+        click.echo(f"{digest.hex()}  {f}")
 
 
 COMMANDS = [put, get, ls, log, rm, purge, checksum]

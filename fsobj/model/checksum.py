@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import BinaryIO
 
 import blake3
 
@@ -100,10 +101,15 @@ class BlockHasher:
 CHECKSUM_TYPE = "blake3-blocks-1m"  # as the xattr user.fsobj.checksum_type names it (formats 1, 2: "blake3")
 
 
-def file_checksum(path: str | os.PathLike[str]) -> bytes:
-    """The format-3 checksum of a local file's contents (``fsobj checksum``)."""
+def stream_checksum(stream: BinaryIO) -> bytes:
+    """The format-3 checksum of everything ``stream`` yields (``fsobj checksum``)."""
     hasher = BlockHasher()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK_SIZE):
-            hasher.update(block)
+    while block := stream.read(BLOCK_SIZE):
+        hasher.update(block)
     return hasher.finish()[1]
+
+
+def file_checksum(path: str | os.PathLike[str]) -> bytes:
+    """The format-3 checksum of a local file's contents."""
+    with open(path, "rb") as f:
+        return stream_checksum(f)
