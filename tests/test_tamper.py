@@ -4,6 +4,7 @@ never return wrong data. So is a version forged by a member without write access
 from __future__ import annotations
 
 import dataclasses
+import io
 import random
 from pathlib import Path
 
@@ -153,6 +154,30 @@ def test_tampered_chunk_list_node(store: Store) -> None:
         store.read_bytes(store.get(pid, "big"))
     node.write_bytes(original)
     assert store.read_bytes(store.get(pid, "big")) == data
+
+
+def test_tampered_block_list_node(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged block-list node (format 3, over 64 blocks) is a fault for verify; reads
+    do not need it; an edit of that version is written whole instead of trusting it."""
+    from fsobj import fsck
+    from fsobj.store.payload import Splice
+
+    pid = store.create_partition("blocks").id
+    data = bytearray(rand_bytes(66 * MiB, 6))
+    v = store.put(pid, "big", bytes(data))
+    assert v.header.block_tree is not None
+    node = store.blobs.path(v.header.block_tree[0])
+    flip(node, len(node.read_bytes()) // 2)
+    faults = fsck.verify(store).faults
+    assert len(faults) == 1 and v.hash.hex() in faults[0] and "failed authentication" in faults[0]
+    assert store.read_bytes(v) == data
+    data[40 * MiB : 40 * MiB + 10] = b"0123456789"
+    edited = bytes(data)
+    v2 = store.update(v, source=Splice(v.header, len(edited), (40 * MiB, 40 * MiB + 10), lambda a: [edited[a:]]))
+    assert "is written whole" in caplog.text
+    assert store.read_bytes(v2) == edited
+    whole = store.payloads.write(io.BytesIO(edited), store.partition(pid).current_keys(), pid)
+    assert v2.header.checksum == whole.checksum and v2.header.block_tree == whole.block_tree
 
 
 # ---------------------------------------------------------------- header blobs

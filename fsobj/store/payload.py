@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import io
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import BinaryIO
 
 from fsobj import chunking, crypto
 from fsobj.blobs import BlobStore
-from fsobj.errors import IntegrityError, NotFoundError
+from fsobj.errors import FormatError, IntegrityError, NotFoundError
 from fsobj.model.checksum import BLOCK_SIZE, BlockHasher, blocks_of, check_blocks, checksum_of
 from fsobj.model.header import (
     BLOCK_LIST_TYPE,
@@ -33,6 +34,8 @@ from fsobj.model.header import (
     decode_chunk_list,
     encode_chunk_list,
 )
+
+log = logging.getLogger(__name__)
 
 TREE_FANOUT = 1024
 WINDOW = 12  # chunks in flight per stream (write) and read-ahead (read)
@@ -259,14 +262,20 @@ class PayloadIO:
         than ``MAX_SIZE`` before the end: so when the length changes, the base's
         last chunks are cut again too. Only the blocks (``BLOCK_SIZE``) that hold a
         changed byte are hashed again; the kept chunks are neither read nor hashed.
-        A base of header format 1 or 2 has no block list: the whole new content
-        is written then. ``keys`` must be the base's key epoch (``Store.commit`` checks).
+        A base of header format 1 or 2 has no block list, and a base whose block
+        list cannot be read back intact is not trusted for one (logged): the whole
+        new content is written then. ``keys`` must be the base's key epoch
+        (``Store.commit`` checks).
         """
         base = splice.base
         if base.format != 3:
             return self.write_pieces(splice.content(0), keys, pid, progress)
         refs, nodes = self.expand(base, keys)
-        blocks, block_nodes = self.expand_blocks(base, keys)
+        try:
+            blocks, block_nodes = self.expand_blocks(base, keys)
+        except (IntegrityError, FormatError) as e:
+            log.warning("%s; the edit of %r is written whole", e, base.sort_key)
+            return self.write_pieces(splice.content(0), keys, pid, progress)
         if splice.span is None and splice.length == base.length:  # nothing changed: the same payload
             return WrittenPayload(
                 base.length,
