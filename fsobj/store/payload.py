@@ -260,8 +260,10 @@ class PayloadIO:
         byte that falls on one of the base's cuts are cut, identified and stored
         again. A chunk's cut depends only on its own bytes, unless it starts less
         than ``MAX_SIZE`` before the end: so when the length changes, the base's
-        last chunks are cut again too. Only the blocks (``BLOCK_SIZE``) that hold a
-        changed byte are hashed again; the kept chunks are neither read nor hashed.
+        last chunks are cut again too. Only the blocks (``BLOCK_SIZE``) from the one
+        holding the first re-cut byte to the one holding the last are hashed again
+        (their unchanged bytes read through ``content``); the kept chunks are
+        neither read nor hashed.
         A base of header format 1 or 2 has no block list, and a base whose block
         list cannot be read back intact is not trusted for one (logged): the whole
         new content is written then. ``keys`` must be the base's key epoch
