@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable
 from typing import BinaryIO
 
-import blake3
+from fsobj import crypto
 
 BLOCK_SIZE = 1024 * 1024
 CHECKSUM_CONTEXT = "fsobj 2026-12 v1 payload checksum"
@@ -31,14 +31,14 @@ Block = tuple[bytes, int]  # (BLAKE3-256 of the block, its length)
 
 def checksum_of(block_hashes: Iterable[bytes]) -> bytes:
     """The checksum of a payload whose blocks hash to ``block_hashes``, in order."""
-    return blake3.blake3(b"".join(block_hashes), derive_key_context=CHECKSUM_CONTEXT).digest()
+    return crypto.derive(CHECKSUM_CONTEXT, b"".join(block_hashes))
 
 
 def blocks_of(data: bytes | memoryview) -> list[Block]:
     """The block list of a payload held in memory."""
     view = memoryview(data)
     return [
-        (blake3.blake3(view[i : i + BLOCK_SIZE]).digest(), min(BLOCK_SIZE, len(view) - i))
+        (crypto.hash_bytes(view[i : i + BLOCK_SIZE]), min(BLOCK_SIZE, len(view) - i))
         for i in range(0, len(view), BLOCK_SIZE)
     ]
 
@@ -63,7 +63,7 @@ class BlockHasher:
 
     def __init__(self) -> None:
         self.blocks: list[Block] = []
-        self._current = blake3.blake3(max_threads=1)
+        self._current = crypto.new_hasher()
         self._filled = 0  # bytes of the current block hashed so far
         self._ended = False  # a short block was added: nothing may follow it
         self.length = 0
@@ -80,7 +80,7 @@ class BlockHasher:
             view = view[take:]
             if self._filled == BLOCK_SIZE:
                 self.blocks.append((self._current.digest(), BLOCK_SIZE))
-                self._current = blake3.blake3(max_threads=1)
+                self._current = crypto.new_hasher()
                 self._filled = 0
 
     def extend(self, blocks: Iterable[Block]) -> None:
