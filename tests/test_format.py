@@ -466,7 +466,7 @@ def test_malformed_format3_header_is_refused(change):
 
 def test_block_checksum():
     """Block hashes and checksums of the vector payloads: in one piece, streamed in odd
-    pieces, with known blocks spliced in, and of a file on disk."""
+    pieces, and with known blocks spliced in (a file on disk: test_cli.py)."""
     v = V["block_checksum"]
     assert (v["block_size"], v["context"]) == (BLOCK_SIZE, CHECKSUM_CONTEXT)
     stream = blake3.blake3(b"fsobj block checksum vector").digest(max(p["length"] for p in v["payloads"]))

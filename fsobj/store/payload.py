@@ -270,14 +270,11 @@ class PayloadIO:
         (``Store.commit`` checks).
         """
         base = splice.base
-        if base.format != 3:
+        kept = self._blocks_to_keep(base, keys)
+        if kept is None:
             return self.write_pieces(splice.content(0), keys, pid, progress)
+        blocks, block_nodes = kept
         refs, nodes = self.expand(base, keys)
-        try:
-            blocks, block_nodes = self.expand_blocks(base, keys)
-        except (IntegrityError, FormatError) as e:
-            log.warning("%s; the edit of %r is written whole", e, base.sort_key)
-            return self.write_pieces(splice.content(0), keys, pid, progress)
         if splice.span is None and splice.length == base.length:  # nothing changed: the same payload
             return WrittenPayload(
                 base.length,
@@ -336,6 +333,17 @@ class PayloadIO:
                     getattr(rest, "close", lambda: None)()
                 asm.keep_blocks(blocks[-(-block_end // BLOCK_SIZE) :])  # those starting at block_end
             return asm.finish()
+
+    def _blocks_to_keep(self, base: VersionHeader, keys: crypto.EpochKeys) -> tuple[list[ChunkRef], list[bytes]] | None:
+        """The base's block list and its node ids, or None if it has none to trust
+        (header format 1 or 2, or a list that does not read back intact: logged)."""
+        if base.format != 3:
+            return None
+        try:
+            return self.expand_blocks(base, keys)
+        except (IntegrityError, FormatError) as e:
+            log.warning("%s; the edit of %r is written whole", e, base.sort_key)
+            return None
 
     def _write_small(
         self, data: bytes, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
