@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import blake3
 
 from fsobj import identity as identity_files
+from fsobj.blobs.local import LocalBlobStore
 from fsobj.store import Store
 
 MIB = 1024 * 1024
@@ -57,12 +58,21 @@ def _run(cmd: list[str], env: dict[str, str], stdout: Any = subprocess.DEVNULL) 
 
 
 def _blob_usage(store_dir: Path) -> tuple[int, int]:
-    """(number of blob files, total bytes) under the store's blobs/."""
+    """(number of blobs, bytes on disk) under the store's blobs/: files, and the rows
+    of small.sqlite (its bytes: the database file and its WAL)."""
     n = size = 0
-    for sub in os.scandir(store_dir / "blobs"):
-        for e in os.scandir(sub.path):
-            n += 1
+    for e in os.scandir(store_dir / "blobs"):
+        if e.is_dir():
+            for f in os.scandir(e.path):
+                n += 1
+                size += f.stat().st_size
+        else:
             size += e.stat().st_size
+    blobs = LocalBlobStore(store_dir)
+    try:
+        n += len(blobs.small.ids())
+    finally:
+        blobs.close()
     return n, size
 
 

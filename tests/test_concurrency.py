@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import blobfiles
 import pytest
 
 import fsobj
@@ -22,10 +23,6 @@ from fsobj.store import Store
 
 #: children import the very fsobj this process imported
 FSOBJ_ROOT = Path(fsobj.__file__).resolve().parent.parent
-
-
-def blob_files(root: Path) -> set[Path]:
-    return {p for p in (root / "blobs").rglob("*") if p.is_file()}
 
 
 def version_count(store: Store) -> int:
@@ -62,7 +59,7 @@ def test_stale_expect_conflicts_and_writes_nothing(store_dir: Path, store: Store
     v2 = someone_else.put(pid, "k", b"two", expect=v1.hash)
     assert v2.header.prev == v1.hash
 
-    versions, files = version_count(store), blob_files(store_dir)
+    versions, files = version_count(store), blobfiles.stored(store_dir)
     with pytest.raises(ConflictError) as ei:
         store.put(pid, "k", b"one", expect=v1.hash)  # content already stored: no chunk written either
     assert ei.value.current == v2.hash
@@ -73,7 +70,7 @@ def test_stale_expect_conflicts_and_writes_nothing(store_dir: Path, store: Store
         store.delete(pid, "k", expect=v1.hash)
     assert ei.value.current == v2.hash
     assert version_count(store) == versions
-    assert blob_files(store_dir) == files
+    assert blobfiles.stored(store_dir) == files
     assert [v.hash for v in store.log(pid, "k")] == [v1.hash, v2.hash]
     assert store.read_bytes(store.get(pid, "k")) == b"two"
 
@@ -352,7 +349,7 @@ def test_batch_with_one_conflict_commits_nothing(store_dir: Path, store: Store, 
     a1 = store.put(pid, "a", b"a1")
     b1 = store.put(pid, "b", b"b1")
     other = open_store(store_dir, alice)
-    versions, files = version_count(store), blob_files(store_dir)
+    versions, files = version_count(store), blobfiles.stored(store_dir)
     with pytest.raises(ConflictError) as ei:
         with store.batch():
             store.put(pid, "a", b"a2", expect=a1.hash)
@@ -366,6 +363,6 @@ def test_batch_with_one_conflict_commits_nothing(store_dir: Path, store: Store, 
     with pytest.raises(NotFoundError):
         store.get(pid, "c")
     # no header blob of the failed batch is left behind (payload chunks may stay, as garbage)
-    leftover = blob_files(store_dir) - files - {store.blobs.path(b2.hash)}
-    kinds = {p.read_bytes()[5] for p in leftover}
+    leftover = blobfiles.stored(store_dir) - files - {b2.hash}
+    kinds = {blobfiles.read(store_dir, i)[5] for i in leftover}
     assert crypto.KIND_HEADER not in kinds

@@ -620,7 +620,9 @@ def test_store_marker(tmp_path):
     assert check_store(tmp_path) == json.loads(V["store_marker"]["json"])
     doc = json.loads(V["store_marker"]["json"])
     (tmp_path / MARKER).write_text(json.dumps({**doc, "version": 2}))
-    with pytest.raises(FormatError):
+    assert check_store(tmp_path)["version"] == 2
+    (tmp_path / MARKER).write_text(json.dumps({**doc, "version": 3}))
+    with pytest.raises(FormatError, match="version 3 is not supported"):
         check_store(tmp_path)
     (tmp_path / MARKER).unlink()
     with pytest.raises(FormatError):

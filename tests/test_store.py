@@ -9,11 +9,14 @@ import io
 import itertools
 import os
 import random
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blobfiles import stored
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pagecache import evict, resident
@@ -38,10 +41,6 @@ _names = itertools.count()
 
 def rand_bytes(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
-
-
-def blob_files(root: Path) -> set[Path]:
-    return {p for p in (root / "blobs").rglob("*") if p.is_file()}
 
 
 def fresh_partition(store: Store) -> bytes:
@@ -122,7 +121,7 @@ def test_large_payload_uses_chunk_list_tree(store_dir: Path, alice, open_store, 
     assert v.header.chunks is None
     assert v.header.tree is not None
     root, depth = v.header.tree
-    assert depth >= 1 and store.blobs.path(root).is_file()
+    assert depth >= 1 and root in stored(store_dir)
     assert len(chunk_ids(store, v)) > MAX_INLINE_CHUNKS
     assert store.read_bytes(store.get(pid, "big")) == big_data
     # and from a separately opened store
@@ -133,15 +132,15 @@ def test_large_payload_uses_chunk_list_tree(store_dir: Path, alice, open_store, 
 def test_small_edit_in_big_payload_stores_few_new_blobs(store_dir: Path, store: Store, big_data: bytes) -> None:
     pid = fresh_partition(store)
     v1 = store.put(pid, "big", big_data)
-    before = blob_files(store_dir)
+    before = stored(store_dir)
     edited = bytearray(big_data)
     mid = len(edited) // 2
     edited[mid : mid + 16] = b"0123456789abcdef"
     v2 = store.put(pid, "big", bytes(edited))
-    new = blob_files(store_dir) - before
+    new = stored(store_dir) - before
     # the chunk(s) around the edit, the chunk-list root, the header: nothing else
     assert 2 <= len(new) <= 5, len(new)
-    assert store.blobs.path(v2.hash) in new
+    assert v2.hash in new
     assert store.read_bytes(store.get(pid, "big")) == bytes(edited)
     assert store.read_bytes(store.get_hash(v1.hash, exact=True)) == big_data
     shared = set(chunk_ids(store, v1)) & set(chunk_ids(store, v2))
@@ -262,12 +261,12 @@ def test_identical_content_stores_no_new_chunks(store_dir: Path, store: Store) -
     data = rand_bytes(3 * MiB, 7)
     v1 = store.put(pid, "a", data)
     assert len(chunk_ids(store, v1)) >= 2
-    before = blob_files(store_dir)
+    before = stored(store_dir)
     v2 = store.put(pid, "b", data)  # another object, same content
-    assert blob_files(store_dir) - before == {store.blobs.path(v2.hash)}
-    before = blob_files(store_dir)
+    assert stored(store_dir) - before == {v2.hash}
+    before = stored(store_dir)
     v3 = store.put(pid, "a", data)  # a new version, same content
-    assert blob_files(store_dir) - before == {store.blobs.path(v3.hash)}
+    assert stored(store_dir) - before == {v3.hash}
     assert chunk_ids(store, v1) == chunk_ids(store, v2) == chunk_ids(store, v3)
     assert store.read_bytes(store.get(pid, "b")) == data
 
@@ -282,16 +281,15 @@ def test_purge_frees_unreferenced_chunks_and_keeps_shared_ones(store_dir: Path, 
     shared_ids = set(chunk_ids(store, va1))
     unique_ids = set(chunk_ids(store, va2))
     assert shared_ids and unique_ids and not shared_ids & unique_ids
-    before = blob_files(store_dir)
+    before = stored(store_dir)
 
     removed, freed = store.purge(pid, "a")
 
     assert removed == 2
     assert freed == len(unique_ids)
-    gone = before - blob_files(store_dir)
-    assert gone == {store.blobs.path(h) for h in (va1.hash, va2.hash, *unique_ids)}
-    for h in shared_ids:
-        assert store.blobs.path(h).is_file()
+    gone = before - stored(store_dir)
+    assert gone == {va1.hash, va2.hash, *unique_ids}
+    assert shared_ids <= stored(store_dir)
     assert store.read_bytes(store.get(pid, "b")) == shared
     assert store.get(pid, "b").hash == vb.hash
     with pytest.raises(NotFoundError):
@@ -305,11 +303,11 @@ def test_purge_frees_unreferenced_chunks_and_keeps_shared_ones(store_dir: Path, 
 
 def test_purge_deleted_object(store_dir: Path, store: Store) -> None:
     pid = fresh_partition(store)
-    before = blob_files(store_dir)
+    before = stored(store_dir)
     store.put(pid, "a", rand_bytes(MiB, 3))
     store.delete(pid, "a")
     assert store.purge(pid, "a")[0] == 2
-    assert blob_files(store_dir) == before
+    assert stored(store_dir) == before
     assert store.list(pid, include_deleted=True) == []
 
 
@@ -528,7 +526,6 @@ class _FullDisk:
     [
         pytest.param(0, "fresh", id="first-chunk"),
         pytest.param(2, "fresh", id="partway-through-chunks"),
-        pytest.param(0, "same", id="header-blob"),  # payload deduplicated: only the header is written
     ],
 )
 def test_no_space_left(store_dir: Path, store: Store, monkeypatch, budget: int, new_payload: str) -> None:
@@ -536,7 +533,7 @@ def test_no_space_left(store_dir: Path, store: Store, monkeypatch, budget: int, 
     old = rand_bytes(3 * MiB, 11)
     v1 = store.put(pid, "k", old)
     versions = version_count(store)
-    files = blob_files(store_dir)
+    files = stored(store_dir)
     data = rand_bytes(3 * MiB, 12) if new_payload == "fresh" else old
 
     disk = _FullDisk(budget)
@@ -556,13 +553,100 @@ def test_no_space_left(store_dir: Path, store: Store, monkeypatch, budget: int, 
         store.get(pid, "another")
     assert [e.sort_key for e in store.list(pid)] == ["k"]
     assert list((store_dir / "tmp").iterdir()) == []
-    assert store.blobs.path(v1.hash) in blob_files(store_dir) and files <= blob_files(store_dir)
+    assert v1.hash in stored(store_dir) and files <= stored(store_dir)
 
     # space is back: writing works again
     monkeypatch.undo()
     v2 = store.put(pid, "k", data)
     assert v2.header.prev == v1.hash
     assert store.read_bytes(store.get(pid, "k")) == data
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MiB file system (tmpfs, root only), unmounted at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write zeros to ``path`` until its file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+
+
+def test_no_space_left_for_a_header_row(small_disk: Path, alice) -> None:
+    """A full disk when only a header is written (the payload deduplicated): SQLite's
+    SQLITE_FULL from blobs/small.sqlite is NoSpaceError, nothing is committed, and the
+    store works again once there is space."""
+    Store.init(small_disk / "store")
+    with Store.open(small_disk / "store", alice) as store:
+        pid = fresh_partition(store)
+        data = rand_bytes(3 * MiB, 11)
+        store.put(pid, "k", data)
+        versions = version_count(store)
+        _fill(small_disk / "filler")
+        for _ in range(2):
+            with pytest.raises(NoSpaceError):
+                for _ in range(1000):  # a row may fit in a page with room left: go on until one does not
+                    store.put(pid, "k", data, expect=store.get(pid, "k").hash)
+                    versions += 1
+        head = store.get(pid, "k")
+        assert version_count(store) == versions and head.header.seq == versions
+        assert store.read_bytes(head) == data
+        (small_disk / "filler").unlink()
+        v = store.put(pid, "k", data)
+        assert v.header.prev == head.hash and store.read_bytes(store.get(pid, "k")) == data
+        assert version_count(store) == versions + 1
+
+
+def test_a_version_1_store_is_upgraded_and_keeps_its_blob_files(
+    store_dir: Path, alice, open_store, monkeypatch
+) -> None:
+    """Format version 1 kept every blob as a file. Opening such a store creates
+    blobs/small.sqlite and sets the marker to 2; its files stay readable, new small
+    blobs become rows, and purge, gc and verify see both."""
+    import json
+
+    from fsobj import fsck
+
+    with monkeypatch.context() as m:
+        m.setattr(local_blobs, "SMALL_BLOB_MAX", -1)  # every blob a file, as version 1 wrote them
+        s = open_store(store_dir, alice)
+        pid = fresh_partition(s)
+        old = s.put(pid, "old", b"written by version 1")
+        gone = s.put(pid, "gone", rand_bytes(MiB, 5))
+        s.close()
+    (store_dir / "blobs" / "small.sqlite").unlink()
+    marker = store_dir / "fsobj-store.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "version": 1}))
+    files = stored(store_dir)
+    assert old.hash in files
+
+    s = open_store(store_dir, alice)
+    assert json.loads(marker.read_text())["version"] == 2
+    assert (store_dir / "blobs" / "small.sqlite").is_file()
+    assert s.read_bytes(s.get(pid, "old")) == b"written by version 1"
+    new = s.put(pid, "old", b"written by version 2", expect=old.hash)
+    assert new.hash not in files and new.hash in stored(store_dir)
+    assert (store_dir / "blobs" / new.hash.hex()[:2] / new.hash.hex()).exists() is False
+    s.purge(pid, "gone")
+    assert gone.hash not in stored(store_dir)
+    report = fsck.verify(s)
+    assert report.faults == [] and report.versions == 2
+    assert [v.hash for v in s.log(pid, "old")] == [old.hash, new.hash]
 
 
 class _FailingSyncfs:
@@ -684,10 +768,10 @@ def test_a_spliced_edit_is_the_payload_a_whole_write_gives(
         changed = [(a, min(b, len(data))) for a, b in changed if a < len(data)]
         span = (min(a for a, _ in changed), max(b for _, b in changed)) if changed else None
         view = s.partition(pid)
-        before = blob_files(root)
-        stored: list[int] = []  # chunks cut and identified again (the real _store, counted)
+        before = stored(root)
+        cut: list[int] = []  # chunks cut and identified again (the real _store, counted)
         real_store = s.payloads._store
-        s.payloads._store = lambda kind, *a: stored.append(kind) or real_store(kind, *a)  # type: ignore[method-assign]
+        s.payloads._store = lambda kind, *a: cut.append(kind) or real_store(kind, *a)  # type: ignore[method-assign]
         base_chunks = set(chunk_ids(s, base))
         read_back: list[bytes] = []  # base chunks fetched from disk (the real get, counted)
         real_get = s.blobs.get
@@ -695,11 +779,11 @@ def test_a_spliced_edit_is_the_payload_a_whole_write_gives(
         v = s.commit(
             view, None, sort_key=f"edit{seed}", source=Splice(base.header, len(data), span, lambda a: [data[a:]])
         )
-        added = blob_files(root) - before
+        added = stored(root) - before
         del s.payloads._store, s.blobs.get
         assert read_back == []  # kept chunks are neither read nor hashed: their blocks' hashes are kept
         if span is not None and span[1] - span[0] <= 4096 and len(data) == base.header.length:
-            assert stored.count(crypto.KIND_CHUNK) <= 3  # a small edit cuts a chunk or two again, not all
+            assert cut.count(crypto.KIND_CHUNK) <= 3  # a small edit cuts a chunk or two again, not all
         keys = view.current_keys()
         whole = s.payloads.write(io.BytesIO(data), keys, pid)
         assert (v.header.length, v.header.checksum) == (len(data), whole.checksum)
@@ -775,16 +859,16 @@ def test_a_small_payload_lives_in_its_header_blob(store_dir: Path, store: Store)
 
     pid = fresh_partition(store)
     data = rand_bytes(4096, 3)
-    before = blob_files(store_dir)
+    before = stored(store_dir)
     v = store.put(pid, "small", data)
-    assert blob_files(store_dir) - before == {store.blobs.path(v.hash)}
+    assert stored(store_dir) - before == {v.hash}
     assert v.header.data == data and v.header.chunks == () and chunk_ids(store, v) == []
     assert store.read_bytes(store.get(pid, "small")) == data
     v2 = store.update(v, headers=[("k", "v")])
     assert v2.header.data == data and store.read_bytes(v2) == data
-    before = blob_files(store_dir)
+    before = stored(store_dir)
     v3 = store.put(pid, "bigger", data + b"!")
-    assert len(blob_files(store_dir) - before) == 2 and v3.header.data is None
+    assert len(stored(store_dir) - before) == 2 and v3.header.data is None
     report = fsck.verify(store)
     assert not report.faults and report.versions >= 3
 

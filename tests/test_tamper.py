@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+from blobfiles import StoredBlob
 
 from fsobj import crypto
 from fsobj.errors import AccessDeniedError, FormatError, IntegrityError
@@ -34,7 +35,7 @@ def rand_bytes(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def flip(path: Path, pos: int) -> None:
+def flip(path: StoredBlob, pos: int) -> None:
     data = bytearray(path.read_bytes())
     data[pos] ^= 0x01
     path.write_bytes(bytes(data))
@@ -49,12 +50,12 @@ class Obj:
     d1: bytes
     d2: bytes
 
-    def chunk_paths(self, v: Version) -> list[Path]:
+    def chunk_paths(self, v: Version) -> list[StoredBlob]:
         keys = self.store.partition(self.pid).epoch_keys(v.header.epoch)
-        return [self.store.blobs.path(c.id) for c in self.store.payloads.chunk_refs(v.header, keys)]
+        return [StoredBlob(self.store.root, c.id) for c in self.store.payloads.chunk_refs(v.header, keys)]
 
-    def header_path(self, v: Version) -> Path:
-        return self.store.blobs.path(v.hash)
+    def header_path(self, v: Version) -> StoredBlob:
+        return StoredBlob(self.store.root, v.hash)
 
     def read_latest(self) -> bytes:
         return self.store.read_bytes(self.store.get(self.pid, "k"))
@@ -86,7 +87,7 @@ def _expect_integrity(read, field: str | None = None) -> None:
 @pytest.mark.parametrize("field", [*HEAD_FIELDS, "ciphertext-start", "middle", "tag-last-byte"])
 def test_flip_byte_in_chunk_blob(obj: Obj, field: str) -> None:
     path = obj.chunk_paths(obj.v2)[1]
-    size = path.stat().st_size
+    size = len(path.read_bytes())
     positions = (
         HEAD_FIELDS.get(field)
         or {
@@ -142,7 +143,7 @@ def test_tampered_chunk_list_node(store: Store) -> None:
     data = rand_bytes(56 * MiB, 5)
     v = store.put(pid, "big", data)
     assert v.header.tree is not None
-    node = store.blobs.path(v.header.tree[0])
+    node = StoredBlob(store.root, v.header.tree[0])
     original = node.read_bytes()
     for pos in (crypto.ENVELOPE_HEAD_LEN + 3, len(original) // 2, len(original) - 1):
         flip(node, pos)
@@ -166,7 +167,7 @@ def test_tampered_block_list_node(store: Store, caplog: pytest.LogCaptureFixture
     data = bytearray(rand_bytes(66 * MiB, 6))
     v = store.put(pid, "big", bytes(data))
     assert v.header.block_tree is not None
-    node = store.blobs.path(v.header.block_tree[0])
+    node = StoredBlob(store.root, v.header.block_tree[0])
     flip(node, len(node.read_bytes()) // 2)
     faults = fsck.verify(store).faults
     assert len(faults) == 1 and v.hash.hex() in faults[0] and "failed authentication" in faults[0]

@@ -59,6 +59,10 @@ class BlobStore(Protocol):
         """Make every blob put so far durable, also those put without fsync."""
         ...
 
+    def close(self) -> None:
+        """Release what the backend holds open (connections, files)."""
+        ...
+
     def clean_tmp(self) -> int:
         """Remove leftovers of interrupted writes (of processes no longer running)."""
         ...

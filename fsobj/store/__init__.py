@@ -18,6 +18,7 @@ own SQLite connection.
 from __future__ import annotations
 
 import bisect
+import errno
 import io
 import itertools
 import json
@@ -35,7 +36,7 @@ from cryptography.exceptions import InvalidTag
 
 from fsobj import crypto
 from fsobj.blobs import BlobStore
-from fsobj.blobs.local import LocalBlobStore
+from fsobj.blobs.local import LocalBlobStore, fsync_dir
 from fsobj.errors import (
     AccessDeniedError,
     ConflictError,
@@ -62,7 +63,8 @@ __all__ = ["INCOMPLETE", "MARKER", "ListEntry", "PartitionView", "Store", "Versi
 from fsobj.store.payload import IterStream, PayloadIO, Progress, Splice, WrittenPayload
 
 STORE_FORMAT = "fsobj-store"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: small blobs are rows of blobs/small.sqlite (docs/format.md)
+READABLE_VERSIONS = (1, 2)  # a version-1 store is upgraded when opened: its blob files stay
 MARKER = "fsobj-store.json"
 WORKERS = 6
 
@@ -168,18 +170,14 @@ class Store(PartitionsMixin):
         root.mkdir(parents=True, exist_ok=True)
         LocalBlobStore.create(root)
         Index(root / "index.sqlite").create()
-        marker = {"format": STORE_FORMAT, "version": STORE_VERSION, "store_id": os.urandom(16).hex()}
-        tmp = root / (MARKER + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(_marker_json(marker))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, root / MARKER)
+        _write_marker(root, {"format": STORE_FORMAT, "version": STORE_VERSION, "store_id": os.urandom(16).hex()})
 
     @classmethod
     def open(cls, root: Path, identity: crypto.Identity) -> Store:
         root = Path(root)
-        check_store(root)
+        marker = check_store(root)
+        if marker["version"] != STORE_VERSION:
+            _upgrade(root, marker)
         store = cls(root, identity)
         if not store.index.path.exists():
             # A deleted index: empty until rebuilt; gc must not run on it.
@@ -194,6 +192,7 @@ class Store(PartitionsMixin):
         self.pool.shutdown(wait=True)
         self.payloads.close()
         self.index.close()
+        self.blobs.close()
 
     def __enter__(self) -> Store:
         return self
@@ -770,6 +769,31 @@ def _marker_json(d: dict[str, object]) -> str:
     return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
 
+def _write_marker(root: Path, marker: dict[str, object]) -> None:
+    """Atomically (temporary file, fsync, rename, directory fsync)."""
+    tmp = root / (MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(_marker_json(marker))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, root / MARKER)
+    fsync_dir(root)
+
+
+def _upgrade(root: Path, marker: dict[str, object]) -> None:
+    """Version 1 to 2: create ``blobs/small.sqlite``, then say so in the marker (so that
+    an fsobj that reads only version 1 refuses the store instead of missing blobs).
+    A store that cannot be written stays at version 1 and is read as it is."""
+    try:
+        LocalBlobStore(root).small.create()
+        _write_marker(root, {**marker, "version": STORE_VERSION})
+    except PermissionError:
+        return
+    except OSError as e:
+        if e.errno != errno.EROFS:
+            raise
+
+
 def check_store(root: Path) -> dict[str, object]:
     """The store marker, or a clear error if ``root`` is not a store of a known format."""
     marker = Path(root) / MARKER
@@ -783,8 +807,9 @@ def check_store(root: Path) -> dict[str, object]:
         raise FormatError(f"{root}: unreadable store marker: {e}") from e
     if doc.get("format") != STORE_FORMAT:
         raise FormatError(f"{root} is not an fsobj store")
-    if doc.get("version") != STORE_VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise FormatError(
-            f"{root}: store format version {doc.get('version')} is not supported (this fsobj reads {STORE_VERSION})"
+            f"{root}: store format version {doc.get('version')} is not supported"
+            f" (this fsobj reads {', '.join(map(str, READABLE_VERSIONS))})"
         )
     return doc
