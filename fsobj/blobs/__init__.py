@@ -24,6 +24,11 @@ class BlobStore(Protocol):
         """
         ...
 
+    def put_many(self, items: Sequence[tuple[bytes, bytes | Sequence[bytes]]]) -> None:
+        """Store several blobs as :meth:`put` without fsync does (durable after
+        :meth:`sync_all`), in as few writes as the backend can (a group commit's headers)."""
+        ...
+
     def get(self, blob_id: bytes) -> bytes:
         """The blob's bytes; ``NotFoundError`` if absent."""
         ...

@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -604,9 +604,10 @@ class Store(PartitionsMixin):
             sealed_key,
         )
         pending = getattr(self._tls, "batch", None)
-        if pending is not None:
-            self.blobs.put(hash_, blob, fsync=False)
-            pending.append(_Pending(view, prev, header.sort_key if exclusive and prev is None else None, row, refs))
+        if pending is not None:  # the header is written with the others at the end of the batch
+            pending.append(
+                _Pending(view, prev, header.sort_key if exclusive and prev is None else None, row, refs, blob)
+            )
             return Version(hash_, header)
         if new_blobs is None or new_blobs:
             # payload blobs are durable before a header names them (also those found
@@ -652,6 +653,7 @@ class Store(PartitionsMixin):
             raise
         self._tls.batch = self._tls.batch_views = None
         try:
+            self.blobs.put_many([(p.row.hash, p.blob) for p in pending])
             self.blobs.sync_all()
             with self.index.write():
                 for p in pending:
@@ -763,6 +765,7 @@ class _Pending:
     new_key: str | None
     row: VersionRow
     refs: list[bytes]
+    blob: bytes | Sequence[bytes]  # the header blob, written at the end of the batch
 
 
 def _marker_json(d: dict[str, object]) -> str:
