@@ -335,7 +335,8 @@ def test_the_kernel_reads_ahead_1_mib_on_the_mount_unless_told_otherwise(world: 
 
     m = world.mount()  # the daemon sets it once the kernel has its answer to FUSE_INIT
     wait_for(lambda: read_ahead(m.path) == 1024, what="read-ahead 1024")
-    assert "kernel read-ahead set to 1024 KiB" in m.log.read_text()
+    # the daemon logs it just after writing the value: wait for the line too
+    wait_for(lambda: "kernel read-ahead set to 1024 KiB" in m.log.read_text(), what="the log line")
     m3 = world.mount("three", "read_ahead_kb=256")
     wait_for(lambda: read_ahead(m3.path) == 256, what="read-ahead 256")
     m2 = world.mount("two", "read_ahead_kb=0")  # the kernel's own choice

@@ -28,6 +28,7 @@ import trio
 from fsobj import crypto
 from fsobj.errors import UsageError
 from fsobj.fs.filesystem import Filesystem, Options
+from fsobj.fs.helper import tune_gc
 from fsobj.fs.ops import Operations, notify_kernel
 from fsobj.store import Store, check_store
 
@@ -274,6 +275,7 @@ def _daemonize(config: MountConfig, identity: crypto.Identity) -> int:
 def serve(config: MountConfig, identity: crypto.Identity, ready: Callable[[], None] | None) -> int:
     assert config.log_file is not None
     setup_logging(config.log_file, config.foreground, config.debug)
+    tune_gc()
     store = Store.open(config.store, identity)
     fs = Filesystem(store, config.fs)
     ops = Operations(fs)

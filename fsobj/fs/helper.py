@@ -32,6 +32,7 @@ pickle is not used for anything read from disk or the network.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import io
 import logging
@@ -59,6 +60,24 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "change_names": work.change_names,
 }
 _LEN = struct.Struct(">Q")
+
+
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect cycles less often in the mount's two long-running processes.
+
+    The daemon holds a few hundred thousand objects (trees, version and inode
+    caches), and Python's default thresholds (700, 10, 10) ran a full
+    collection of all of them every few thousand requests. Measured over
+    creating and removing 10,000 files: 668 collections took 0.66 s of the
+    daemon's request loop, 5 of them full ones of 95 ms each; with these
+    thresholds 5 young-generation collections took 0.11 s. Unpickling the
+    helper's replies, which allocates many small objects, went from 18.8 to
+    3.2 µs per version. Cycles are still collected, later.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class HelperError(Exception):
@@ -275,6 +294,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="fsobj commit helper: %(message)s")
     keep_chunk_buffers()
+    tune_gc()
     out = os.dup(1)  # the replies; anything printed by mistake goes to stderr, not into them
     os.dup2(2, 1)
     try:
