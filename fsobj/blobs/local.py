@@ -255,7 +255,7 @@ class LocalBlobStore:
         """Atomic write (a row, or temp file + rename). ``fsync=False`` defers
         durability to :meth:`sync_all` (group commit); ``replace`` overwrites a damaged copy."""
         dest = self._file(blob_id)
-        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        parts = _parts(data)
         if sum(len(p) for p in parts) <= SMALL_BLOB_MAX:
             if replace:
                 self.delete(blob_id)  # also a damaged file copy (format-1 stores)
@@ -294,7 +294,7 @@ class LocalBlobStore:
         version-1 store gets a row too: reads use the row, delete removes both)."""
         rows = []
         for blob_id, data in items:
-            parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+            parts = _parts(data)
             if sum(len(p) for p in parts) <= SMALL_BLOB_MAX:
                 rows.append((blob_id, b"".join(parts)))
             else:
@@ -426,6 +426,11 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _parts(data: bytes | Sequence[bytes]) -> list[bytes]:
+    """A blob given as bytes or as parts to concatenate, as a list of parts."""
+    return [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
 
 
 def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> int:
