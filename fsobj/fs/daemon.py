@@ -278,7 +278,8 @@ def serve(config: MountConfig, identity: crypto.Identity, ready: Callable[[], No
     tune_gc()
     store = Store.open(config.store, identity)
     fs = Filesystem(store, config.fs)
-    ops = Operations(fs)
+    kb = config.read_ahead_kb
+    ops = Operations(fs, on_first_request=(lambda: set_read_ahead(config.mountpoint, kb)) if kb else None)
     log.info("mounting %s on %s (options %s)", config.store, config.mountpoint, ",".join(sorted(config.fuse)))
     try:
         pyfuse3.init(ops, str(config.mountpoint), config.fuse)
@@ -305,20 +306,11 @@ async def _main(fs: Filesystem, ready: Callable[[], None] | None, config: MountC
         await nursery.start(fs.committer.run)
         await nursery.start(fs.watch)
         nursery.start_soon(_on_signals, fs)
-        if config.read_ahead_kb:
-            nursery.start_soon(_read_ahead_once_initialized, config.mountpoint, config.read_ahead_kb)
         if ready is not None:
             ready()
         await pyfuse3.main()
         await fs.shutdown()  # the committer still runs: a batch in flight finishes first
         nursery.cancel_scope.cancel()
-
-
-async def _read_ahead_once_initialized(mountpoint: Path, kb: int) -> None:
-    """The kernel sets the mount's read-ahead when the daemon answers FUSE_INIT (in
-    ``pyfuse3.main``); a ``stat`` of the mount point returns only after that."""
-    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)  # never holds up shutdown
-    set_read_ahead(mountpoint, kb)
 
 
 async def _on_signals(fs: Filesystem) -> None:

@@ -42,6 +42,9 @@ def translated(fn: F) -> F:
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
+        if self.on_first_request is not None:
+            hook, self.on_first_request = self.on_first_request, None
+            hook()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -105,9 +108,12 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem) -> None:
+    def __init__(self, fs: Filesystem, on_first_request: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.fs = fs
+        # Runs before the first request after FUSE_INIT is answered, so before any file
+        # can be opened: the kernel has applied its INIT settings (the mount's read-ahead).
+        self.on_first_request = on_first_request
 
     # ------------------------------------------------------------ names and attributes
     @translated
