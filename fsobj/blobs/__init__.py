@@ -29,8 +29,9 @@ class BlobStore(Protocol):
         :meth:`sync_all`), in as few writes as the backend can (a group commit's headers)."""
         ...
 
-    def get(self, blob_id: bytes) -> bytes:
-        """The blob's bytes; ``NotFoundError`` if absent."""
+    def get(self, blob_id: bytes, size: int | None = None) -> bytes:
+        """The blob's bytes; ``NotFoundError`` if absent. ``size``: the size the caller
+        expects, a hint only (a blob of another size is still returned)."""
         ...
 
     def exists(self, blob_id: bytes) -> bool: ...
@@ -44,8 +45,9 @@ class BlobStore(Protocol):
         """The first ``n`` bytes of a blob (an envelope head) without reading it all."""
         ...
 
-    def stat(self, blob_id: bytes) -> tuple[int, float]:
-        """(size in bytes, modification time) of a blob; ``NotFoundError`` if absent."""
+    def stat(self, blob_id: bytes, size: int | None = None) -> tuple[int, float]:
+        """(size in bytes, modification time) of a blob; ``NotFoundError`` if absent.
+        ``size``: as for :meth:`get`."""
         ...
 
     def delete(self, blob_id: bytes) -> None:

@@ -203,7 +203,7 @@ class PayloadIO:
         blob_id = keys.payload_blob_id(kind, data)
         size = len(data) + crypto.ENVELOPE_OVERHEAD
         try:
-            if self.blobs.stat(blob_id)[0] == size:
+            if self.blobs.stat(blob_id, size)[0] == size:
                 return blob_id, 0
             damaged = True
         except NotFoundError:
@@ -432,9 +432,10 @@ class PayloadIO:
             level = nxt
         return level, nodes
 
-    def _open(self, kind: int, keys: crypto.EpochKeys, pid: bytes, blob_id: bytes) -> bytes:
+    def _open(self, kind: int, keys: crypto.EpochKeys, pid: bytes, blob_id: bytes, length: int | None = None) -> bytes:
+        """The verified plaintext of a payload blob (``length``: of the plaintext, if known)."""
         try:
-            blob = self.blobs.get(blob_id)
+            blob = self.blobs.get(blob_id, None if length is None else length + crypto.ENVELOPE_OVERHEAD)
         except NotFoundError as e:
             raise IntegrityError(f"payload blob {blob_id.hex()} is missing") from e
         plain = crypto.open_blob(blob, kind, keys, pid, blob_id)
@@ -447,7 +448,7 @@ class PayloadIO:
         will want next, whose blob the backend starts fetching first."""
         if prefetch is not None:
             self.blobs.prefetch(prefetch.id)
-        plain = self._open(crypto.KIND_CHUNK, keys, pid, ref.id)
+        plain = self._open(crypto.KIND_CHUNK, keys, pid, ref.id, ref.length)
         if len(plain) != ref.length:
             raise IntegrityError(f"chunk {ref.id.hex()} has the wrong length")
         return plain
