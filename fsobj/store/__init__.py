@@ -777,8 +777,9 @@ def _marker_json(d: dict[str, object]) -> str:
 
 
 def _write_marker(root: Path, marker: dict[str, object]) -> None:
-    """Atomically (temporary file, fsync, rename, directory fsync)."""
-    tmp = root / (MARKER + ".tmp")
+    """Atomically (temporary file, fsync, rename, directory fsync). The temporary name
+    is the process's own: two processes upgrading one store at once both succeed."""
+    tmp = root / f"{MARKER}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         f.write(_marker_json(marker))
         f.flush()
