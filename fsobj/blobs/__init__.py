@@ -1,9 +1,10 @@
 """Blob storage: opaque, immutable byte strings named by 32-byte ids.
 
-Owns: the ``BlobStore`` interface. Blob backends never see plaintext, keys or
-SQL: they move ciphertext (or signed records) in and out. The local directory
-backend (``local.py``) is the embedded default; an S3-compatible backend can
-implement the same five calls.
+Owns: the ``BlobStore`` interface. Blob backends never see plaintext or keys,
+nor the index's SQL: they move ciphertext (or signed records) in and out. The
+local directory backend (``local.py``: small blobs as rows of its own SQLite
+file, the others as files) is the embedded default; an S3-compatible backend
+can implement the same calls.
 """
 
 from __future__ import annotations
