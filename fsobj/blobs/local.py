@@ -32,6 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from fsobj.errors import FormatError, IntegrityError, NoSpaceError, NotFoundError
@@ -119,12 +120,26 @@ class SmallBlobs:
                 return
         db.close()
 
+    @contextmanager
+    def _connection(self, create: bool) -> Iterator[sqlite3.Connection | None]:
+        """A pooled connection (None: no table yet and ``create`` is false), given back
+        after use; SQLite's errors come out as fsobj's."""
+        db = self._take(create)
+        if db is None:
+            yield None
+            return
+        try:
+            yield db
+        except sqlite3.Error as e:
+            raise _sql_error(self.path, e) from e
+        finally:
+            self._give(db)
+
     def _run(self, sql: str, params: tuple[object, ...], write: bool = False, sync: bool = False) -> tuple[list, int]:
         """(rows, rows changed) of one statement; ``sync``: durable on return (``synchronous=FULL``)."""
-        db = self._take(create=write)
-        if db is None:
-            return [], 0
-        try:
+        with self._connection(create=write) as db:
+            if db is None:
+                return [], 0
             if sync:
                 db.execute("PRAGMA synchronous=FULL")
             try:
@@ -133,10 +148,6 @@ class SmallBlobs:
             finally:
                 if sync:
                     db.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as e:
-            raise _sql_error(self.path, e) from e
-        finally:
-            self._give(db)
 
     def put(self, blob_id: bytes, data: bytes, fsync: bool, replace: bool) -> bool:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
@@ -145,10 +156,9 @@ class SmallBlobs:
 
     def put_many(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Rows that do not exist yet, in one transaction (durable after the next syncfs)."""
-        db = self._take(create=True)
-        assert db is not None
         now = time.time_ns()
-        try:
+        with self._connection(create=True) as db:
+            assert db is not None
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(
@@ -158,10 +168,6 @@ class SmallBlobs:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as e:
-            raise _sql_error(self.path, e) from e
-        finally:
-            self._give(db)
 
     def get(self, blob_id: bytes) -> bytes | None:
         rows = self._run("SELECT data FROM blob WHERE id = ?", (blob_id,))[0]
