@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -289,6 +290,13 @@ def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) ->
         # the binding alone, in memory: the small-file figures only
         assert set(r["null"]) == {k for k in r["plain"] if k.endswith("_per_s") and not k.startswith("seq")}
         assert all(v > 0 for v in r["null"].values())
+    # cold reads interleaved across the targets, the round's figure their median
+    assert len(result["cold_reads"]) == 2
+    for r, reads in zip(result["rounds"], result["cold_reads"], strict=True):
+        assert "null" not in reads and {"plain", "fsobj"} <= set(reads)
+        for name, each in reads.items():
+            assert len(each) == 3 and all(v > 0 for v in each)
+            assert r[name]["seq_read_cold_MiB_s"] == round(statistics.median(each), 1)
     fs = result["mount"]["fsobj"]
     assert fs["versions_of_one_file"] == 5  # measured in the last round only
     assert "versions_of_one_file" not in result["rounds"][0]["fsobj"]
