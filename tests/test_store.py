@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import blobfiles
 import pytest
 from blobfiles import stored
 from hypothesis import HealthCheck, example, given, settings
@@ -269,6 +270,25 @@ def test_identical_content_stores_no_new_chunks(store_dir: Path, store: Store) -
     assert stored(store_dir) - before == {v3.hash}
     assert chunk_ids(store, v1) == chunk_ids(store, v2) == chunk_ids(store, v3)
     assert store.read_bytes(store.get(pid, "b")) == data
+
+
+def test_a_chunk_blob_left_short_is_written_again_by_the_next_write_of_its_bytes(store_dir: Path, store: Store) -> None:
+    """A chunk file cut short (a power cut after its rename reached the disk and before
+    its bytes did) is not taken for the chunk when the same bytes are written again: the
+    writer rewrites it, and the first object reads back too."""
+    pid = fresh_partition(store)
+    data = rand_bytes(3 * MiB, 11)
+    v1 = store.put(pid, "a", data)
+    first = chunk_ids(store, v1)[0]
+    assert blobfiles.is_file(store_dir, first)
+    whole = blobfiles.read(store_dir, first)
+    blobfiles.write(store_dir, first, whole[: len(whole) // 2])
+    with pytest.raises(IntegrityError):
+        store.read_bytes(store.get(pid, "a"))
+    v2 = store.put(pid, "b", data)
+    assert chunk_ids(store, v2)[0] == first
+    assert len(blobfiles.read(store_dir, first)) == len(whole)  # sealed again (a new nonce)
+    assert store.read_bytes(store.get(pid, "a")) == store.read_bytes(store.get(pid, "b")) == data
 
 
 def test_purge_frees_unreferenced_chunks_and_keeps_shared_ones(store_dir: Path, store: Store) -> None:

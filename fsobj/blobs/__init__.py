@@ -48,7 +48,8 @@ class BlobStore(Protocol):
 
     def stat(self, blob_id: bytes, size: int | None = None) -> tuple[int, float]:
         """(size in bytes, modification time) of a blob; ``NotFoundError`` if absent.
-        ``size``: as for :meth:`get`."""
+        ``size``: the size the caller expects, which a backend may use to look only
+        where a blob of that size is kept."""
         ...
 
     def delete(self, blob_id: bytes) -> None:

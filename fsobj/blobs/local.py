@@ -371,7 +371,11 @@ class LocalBlobStore:
             raise NotFoundError(f"blob {blob_id.hex()} is missing from the store") from None
 
     def stat(self, blob_id: bytes, size: int | None = None) -> tuple[int, float]:
-        """(size, modification time); ``size`` as for :meth:`get`."""
+        """(size, modification time). ``size``: the size the caller expects; one bigger
+        than :data:`SMALL_BLOB_MAX` is looked for as a file only, as a row could only be
+        of another size (damage, which ``fsobj verify`` reports). The payload writer asks
+        this of every new chunk before writing it: one ``stat`` instead of a ``stat``
+        and a query of the table."""
         big = size is not None and size > SMALL_BLOB_MAX
         row = None if big else self.small.stat(blob_id)
         if row is not None:
@@ -379,10 +383,7 @@ class LocalBlobStore:
         try:
             st = os.stat(self._file(blob_id))
         except FileNotFoundError:
-            row = self.small.stat(blob_id) if big else None
-            if row is None:
-                raise NotFoundError(f"blob {blob_id.hex()} is missing from the store") from None
-            return row
+            raise NotFoundError(f"blob {blob_id.hex()} is missing from the store") from None
         return st.st_size, st.st_mtime
 
     def delete(self, blob_id: bytes) -> None:
