@@ -107,6 +107,32 @@ def test_rm_then_find_the_history(shared_mount: Mount, d: Path) -> None:  # noqa
     assert f.read_text() == "keep me\n"
 
 
+def test_rm_r_and_mv_right_after_creating_more_files_than_one_group_commit_holds(
+    shared_mount: Mount,  # noqa: F811
+    d: Path,
+) -> None:
+    """``rm -r`` or ``mv`` of files still being committed (1,500 files: a group commit
+    holds 1,000): every one goes, or moves, in the store too. An unlink that waited
+    for a file's commit used to find the file's new name (its baseHash) too late: the
+    file vanished from the mount, and came back once the listing was read again."""
+    for attempt in range(3):
+        made = d / f"made{attempt}"
+        made.mkdir()
+        sh(f"cd '{made}' && for i in $(seq 1 1500); do echo $i > f$i; done")
+        if attempt == 2:  # a rename of the whole tree instead
+            sh(f"mv '{made}' '{d}/moved'")
+            assert sorted(os.listdir(d / "moved"), key=lambda n: int(n[1:])) == [f"f{i}" for i in range(1, 1501)]
+        else:
+            sh(f"rm -r '{made}'")  # fails with "Directory not empty" if rm's unlink of a file was lost
+            assert not made.exists()
+    sync_dir(d)
+    listing = shared_mount.world.fsobj("ls", "p", "--prefix", f"{d.name}/", "--json").stdout.decode()
+    keys = {e["sort_key"] for e in json.loads(listing)}
+    files = {k for k in keys if not k.endswith("/")}  # the others: directory markers
+    assert files == {f"{d.name}/moved/f{i}" for i in range(1, 1501)}, sorted(files - {f"{d.name}/moved/"})[:5]
+    assert not [k for k in keys if "/made" in k]  # nothing left of the removed trees, markers included
+
+
 def test_mv_of_files_and_directories(shared_mount: Mount, d: Path) -> None:  # noqa: F811
     (d / "a" / "b").mkdir(parents=True)
     (d / "a" / "b" / "x.txt").write_text("x\n")

@@ -302,6 +302,7 @@ class FileOps(MountState):
         if ps.tree is not None:
             ps.tree.remove(old)
         of.ref = v.base_hash
+        self._settled_ref(old, v.base_hash)
         self.inodes.rekey(("obj", ps.pid, old), ("obj", ps.pid, v.base_hash))
 
     async def _save_conflict(self, of: OpenFile, ps: PartState, job: work.DataJob, e: ConflictError) -> None:

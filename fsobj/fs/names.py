@@ -342,6 +342,12 @@ class NameOps(MountState):
         """
         await self.committer.drain_removals()  # names freed earlier go first
         tree = await self._tree(ps)
+        # the refs were looked up before these awaits: a file created here may have been
+        # committed meanwhile, and be known by its baseHash now (no await from here to
+        # ``files``: a ref still an int is an open file, which _current follows from then on)
+        moves = [(self._resolve(r), k) for r, k in moves]
+        removals = [self._resolve(r) for r in removals]
+        keep = [(p, {self._resolve(r) for r in refs}, subs) for p, refs, subs in keep]
         markers = [
             (marker_key(p), self._default_dir_posix()) for p, refs, subs in keep if _empties(tree, p, refs, subs)
         ]

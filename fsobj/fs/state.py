@@ -59,6 +59,7 @@ TYPE_BITS = {
 TYPE_OF_BITS = {bits: name for name, bits in TYPE_BITS.items()}
 EXACT_SUFFIX = "@exact"  # .objects/<hash>@exact: that very version, even if it is a baseHash
 VERSION_CACHE = 16384
+SETTLED_REFS = 65536  # new files' int refs remembered after their first commit (_resolve)
 
 
 @dataclass
@@ -165,6 +166,9 @@ class MountState:
         self._next_check = 0.0
         self._next_fh = 1
         self._next_ref = 1
+        # int ref -> baseHash of files created here and committed since: an operation that
+        # looked a file up, then waited (a lock, a queue), names it by a ref that went stale
+        self._settled: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._recent: collections.deque[tuple[int, bytes, ListEntry]] = collections.deque(maxlen=4096)
         # set by the daemon: tells the kernel to drop cached nodes and names (blocking; in a thread)
         self.notify: Callable[[list[Stale]], None] | None = None
@@ -533,6 +537,15 @@ class MountState:
 
     def _view(self, of: OpenFile) -> PartitionView:
         return self._part(of.pid).view
+
+    def _resolve(self, ref: Ref) -> Ref:
+        """``ref``, or the baseHash that a file created here got since it was looked up."""
+        return self._settled.get(ref, ref) if isinstance(ref, int) else ref
+
+    def _settled_ref(self, old: int, base_hash: bytes) -> None:
+        self._settled[old] = base_hash
+        while len(self._settled) > SETTLED_REFS:
+            self._settled.popitem(last=False)
 
     def _open_of(self, ps: PartState, ref: Ref) -> OpenFile | None:
         ino = self.inodes.find(("obj", ps.pid, ref))
