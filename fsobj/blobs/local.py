@@ -342,7 +342,9 @@ class LocalBlobStore:
             os.close(fd)
 
     def exists(self, blob_id: bytes) -> bool:
-        return self.small.exists(blob_id) or os.path.exists(self._file(blob_id))
+        # the file first: a commit checks every chunk its version names, and the chunks
+        # of a big file are files (one stat each, instead of a query and a stat)
+        return os.path.exists(self._file(blob_id)) or self.small.exists(blob_id)
 
     def prefetch(self, blob_id: bytes) -> None:
         # The kernel reads the file into the page cache in the background; a
