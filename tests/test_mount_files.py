@@ -111,17 +111,21 @@ def test_rm_r_and_mv_right_after_creating_more_files_than_one_group_commit_holds
     shared_mount: Mount,  # noqa: F811
     d: Path,
 ) -> None:
-    """``rm -r`` or ``mv`` of files still being committed (1,500 files: a group commit
-    holds 1,000): every one goes, or moves, in the store too. An unlink that waited
+    """``rm -r``, or ``chmod`` then ``mv``, of files still being committed (1,500 files: a
+    group commit holds 1,000): every one goes, or changes and moves, in the store too
+    (checked through a second mount). An unlink that waited
     for a file's commit used to find the file's new name (its baseHash) too late: the
     file vanished from the mount, and came back once the listing was read again."""
     for attempt in range(3):
         made = d / f"made{attempt}"
         made.mkdir()
         sh(f"cd '{made}' && for i in $(seq 1 1500); do echo $i > f$i; done")
-        if attempt == 2:  # a rename of the whole tree instead
+        if attempt == 2:  # a metadata version, then a rename of the whole tree instead
+            sh(f"chmod 600 '{made}'/*")
             sh(f"mv '{made}' '{d}/moved'")
-            assert sorted(os.listdir(d / "moved"), key=lambda n: int(n[1:])) == [f"f{i}" for i in range(1, 1501)]
+            names = os.listdir(d / "moved")
+            assert sorted(names, key=lambda n: int(n[1:])) == [f"f{i}" for i in range(1, 1501)]
+            assert {stat.S_IMODE(os.stat(d / "moved" / n).st_mode) for n in names} == {0o600}
         else:
             sh(f"rm -r '{made}'")  # fails with "Directory not empty" if rm's unlink of a file was lost
             assert not made.exists()
@@ -131,6 +135,12 @@ def test_rm_r_and_mv_right_after_creating_more_files_than_one_group_commit_holds
     files = {k for k in keys if not k.endswith("/")}  # the others: directory markers
     assert files == {f"{d.name}/moved/f{i}" for i in range(1, 1501)}, sorted(files - {f"{d.name}/moved/"})[:5]
     assert not [k for k in keys if "/made" in k]  # nothing left of the removed trees, markers included
+    other = shared_mount.world.mount("other")  # what the store holds, not what this mount remembers
+    try:
+        moved = other.part / d.name / "moved"
+        assert {stat.S_IMODE(os.stat(moved / f"f{i}").st_mode) for i in range(1, 1501)} == {0o600}
+    finally:
+        other.stop()
 
 
 def test_mv_of_files_and_directories(shared_mount: Mount, d: Path) -> None:  # noqa: F811
