@@ -295,12 +295,19 @@ def test_processes_exclusive_create_exactly_one_wins(store_dir: Path, tmp_path: 
 # ---------------------------------------------------------------- purge racing a deduplicating put
 
 
-def test_purge_racing_deduplicating_put_loses_no_data(store_dir: Path, store: Store, alice, open_store) -> None:
+@pytest.mark.parametrize("b_exists", [False, True], ids=["new-object", "new-version"])
+def test_purge_racing_deduplicating_put_loses_no_data(
+    store_dir: Path, store: Store, alice, open_store, b_exists: bool
+) -> None:
     """A put whose chunks deduplicate against an object being purged: after both
-    calls return successfully, the new object must read back (or the put must fail)."""
+    calls return successfully, the new object must read back (or the put must fail).
+    Also when the put is a new version of another object, whose own chunks the
+    commit does not look for again."""
     pid = store.create_partition("docs").id
     data = os.urandom(1024 * 1024)
     store.put(pid, "a", data)
+    if b_exists:
+        store.put(pid, "b", os.urandom(1024 * 1024))
     writer = open_store(store_dir, alice)
     payload_done, purged = threading.Event(), threading.Event()
     real_write = writer.payloads.write
