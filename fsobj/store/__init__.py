@@ -683,8 +683,9 @@ class Store(PartitionsMixin):
         blob that ``prev`` names needs no look: ``_check_lock`` has just found
         ``prev`` still the head, and a blob a version names goes only after that
         version does (purge, then gc). An edit of a big file names thousands of
-        chunks and changes a few; looking for every one was a cold ``stat`` each
-        when the page cache had been dropped (a few hundred ms per commit).
+        chunks and changes a few: for 1,663 refs the check took 7-8 ms (37 ms
+        uncached) looking for every one, 1.0-1.4 ms this way, inside the lock
+        every writer shares.
         """
         known = set(self.index.refs_of(prev.hash)) if prev is not None and len(refs) > 1 else set()
         missing = [r for r in refs if r not in known and not self.blobs.exists(r)]
