@@ -494,7 +494,9 @@ def test_the_reader_hints_blobs_ahead_only_for_sequential_reads(fs_store: Store)
     version = fs_store.put("p", "big", data)
     view = fs_store.partition(version.header.partition)
     refs = fs_store.payloads.chunk_refs(version.header, view.epoch_keys(version.header.epoch))
-    paths = [fs_store.blobs.path(r.id) for r in refs]
+    # the last chunk may be under 16 KiB (a row of small.sqlite, not a file): only it can,
+    # so the others keep their positions
+    paths = [p for p in (fs_store.blobs.path(r.id) for r in refs) if p.exists()]
     assert len(paths) > 30 + READ_AHEAD + PREFETCH
     for p in paths:
         evict(p)
