@@ -60,20 +60,17 @@ def _run(cmd: list[str], env: dict[str, str], stdout: Any = subprocess.DEVNULL) 
 def _blob_usage(store_dir: Path) -> tuple[int, int]:
     """(number of blobs, bytes on disk) under the store's blobs/: files, and the rows
     of small.sqlite (its bytes: the database file and its WAL)."""
-    n = size = 0
+    size = 0
     for e in os.scandir(store_dir / "blobs"):
         if e.is_dir():
-            for f in os.scandir(e.path):
-                n += 1
-                size += f.stat().st_size
+            size += sum(f.stat().st_size for f in os.scandir(e.path))
         else:
             size += e.stat().st_size
     blobs = LocalBlobStore(store_dir)
     try:
-        n += len(blobs.small.ids())
+        return sum(1 for _ in blobs.list()), size
     finally:
         blobs.close()
-    return n, size
 
 
 def _make_file(path: Path, size: int, seed: bytes = b"fsobj bench") -> None:

@@ -37,6 +37,12 @@ def _files(root: Path) -> Iterator[Path]:
             yield from (p for p in sub.iterdir() if p.is_file() and len(p.name) == 64)
 
 
+def file_paths(root: Path, ids: list[bytes]) -> list[Path]:
+    """The files of those of ``ids`` that are files, in order (a blob of up to 16 KiB,
+    such as a payload's last chunk, is a row instead)."""
+    return [p for p in (_file(root, i) for i in ids) if p.is_file()]
+
+
 def stored(root: Path) -> set[bytes]:
     """The ids of every blob on disk: rows and files."""
     with _db(root) as db:
