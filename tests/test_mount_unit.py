@@ -384,6 +384,173 @@ def test_a_failed_streamed_commit_gives_the_staging_its_bytes_back(
     run(fs_store, tmp_path, scenario)
 
 
+async def _stream_until_stored(fs: Filesystem, fh: int, data: bytes, piece: int = 128 * 1024) -> None:
+    """Write ``data`` sequentially through ``fh``, then wait until the stream's thread has
+    stored chunks past the spill file's end (the last ``WINDOW`` chunks stay in flight)."""
+    for off in range(0, len(data), piece):
+        await fs.write(fh, off, data[off : off + piece])
+    s = fs.files[fs.handles[fh].ino].stream
+    assert s is not None and s.spilling
+    with trio.fail_after(30):
+        while s.stored_end < s.owed_from + 2 * 1024 * 1024 and not s.failed:
+            await trio.sleep(0.01)
+
+
+def test_streamed_appends_are_not_copied_to_the_spill_file_and_reads_see_them(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the in-memory staging, a stream's appends never reach the spill file when the
+    commit uses its payload; a read of the open file gets them from the stream (held
+    pieces, queued pieces or stored chunks read back) and does not end it."""
+    from fsobj.fs import work
+    from fsobj.fs.staging import MEMORY_LIMIT
+
+    data = os.urandom(24 * 1024 * 1024 + 11)
+    streamed: list[bool] = []
+    real = work._streamed
+
+    def spy(store: Store, job: work.DataJob) -> object:
+        out = real(store, job)
+        streamed.append(out is not None)
+        return out
+
+    monkeypatch.setattr(work, "_streamed", spy)
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, attr = await fs.create(part, "big", 0o644, os.O_RDWR, 0, 0)
+        await _stream_until_stored(fs, fh, data)
+        of = fs.files[attr.ino]
+        s = of.stream
+        assert s is not None and s.spilling and of.staging is not None
+        spill = os.fstat(of.staging.spill_fd).st_size  # type: ignore[arg-type]
+        assert spill <= MEMORY_LIMIT + 128 * 1024 < len(data) // 4
+        assert MEMORY_LIMIT < s.stored_end < len(data)  # some owed bytes are in stored chunks
+        reads = [(0, 100), (MEMORY_LIMIT - 50, 100), (s.owed_from + 5, 300_000), (s.stored_end - 70_000, 140_000)]
+        reads += [(len(data) - 200_000, 131072), (len(data) - 5, 100), (9_000_000, 4_000_000)]
+        for off, n in reads:
+            assert await fs.read(fh, off, n) == data[off : off + n], (off, n)
+        assert of.stream is s and not s.aborted  # the reads did not end it
+        await fs.release(fh)
+        assert fs_store.read_bytes(fs_store.get("p", "big")) == data
+        assert streamed == [True]
+
+    run(fs_store, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("how", ["seek back", "truncate"])
+def test_an_ended_stream_gives_the_spill_file_its_bytes_from_its_chunks(
+    fs_store: Store, tmp_path: Path, how: str
+) -> None:
+    """A write elsewhere or a truncate after a long stream: the spill file gets the bytes
+    the stream owed it (read back from the chunks it stored, and the pieces it held),
+    and the version committed from the staging has every byte."""
+    data = bytearray(os.urandom(20 * 1024 * 1024 + 3))
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, attr = await fs.create(part, "big", 0o644, os.O_RDWR, 0, 0)
+        await _stream_until_stored(fs, fh, bytes(data))
+        of = fs.files[attr.ino]
+        assert of.stream is not None and of.stream.stored_end > of.stream.owed_from
+        if how == "seek back":
+            await fs.write(fh, 10, b"patched")
+            data[10:17] = b"patched"
+        else:
+            await fs._truncate_of(of, len(data) - 1000)
+            del data[-1000:]
+        assert of.stream is None and of.staging is not None
+        assert os.fstat(of.staging.spill_fd).st_size == len(data)  # type: ignore[arg-type]
+        assert await fs.read(fh, 15 * 1024 * 1024, 1 << 20) == data[15 * 1024 * 1024 : 16 * 1024 * 1024]
+        await fs.release(fh)
+        assert fs_store.read_bytes(fs_store.get("p", "big")) == data
+
+    run(fs_store, tmp_path, scenario)
+
+
+def test_a_stream_that_fails_gives_back_every_byte_it_took(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (a blob write failing mid-stream; a full disk has no stand-in here):
+    the stream's thread stops with bytes in its chunker and window, and later appends
+    queue up or wait; the next write ends the stream, the spill file gets the stored
+    chunks and every piece the thread held or never took, and the version committed from
+    the staging has every byte."""
+    from fsobj.fs.staging import MEMORY_LIMIT
+    from fsobj.store.payload import PayloadIO
+
+    data = os.urandom(28 * 1024 * 1024 + 5)
+    real_store = PayloadIO._store
+    handed = [0]
+
+    def failing(self: PayloadIO, kind: int, keys: object, pid: bytes, chunk: bytes) -> object:
+        handed[0] += len(chunk)
+        if handed[0] > 7 * 1024 * 1024:
+            raise OSError(errno.ENOSPC, "injected: no space left on device")
+        return real_store(self, kind, keys, pid, chunk)  # type: ignore[arg-type]
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, attr = await fs.create(part, "big", 0o644, os.O_RDWR, 0, 0)
+        monkeypatch.setattr(PayloadIO, "_store", failing)
+        split = 24 * 1024 * 1024
+        of = fs.files[attr.ino]
+        await fs.write(fh, 0, data[: 1 << 20])
+        s = of.stream
+        assert s is not None and s.started
+        for off in range(1 << 20, split, 128 * 1024):  # the stream may end in here (s.failed)
+            await fs.write(fh, off, data[off : off + 128 * 1024])
+        failure = await trio.to_thread.run_sync(s._future.exception, 30)  # type: ignore[union-attr]
+        assert isinstance(failure, OSError) and failure.errno == errno.ENOSPC
+        assert MEMORY_LIMIT < s.stored_end <= 7 * 1024 * 1024
+        monkeypatch.setattr(PayloadIO, "_store", real_store)
+        for off in range(split, len(data), 1 << 20):
+            await fs.write(fh, off, data[off : off + (1 << 20)])
+        assert of.stream is None
+        await fs.release(fh)
+        assert fs_store.read_bytes(fs_store.get("p", "big")) == data
+
+    run(fs_store, tmp_path, scenario)
+
+
+def test_a_stored_chunk_that_does_not_read_back_fails_the_file_with_eio(fs_store: Store, tmp_path: Path) -> None:
+    """A chunk blob damaged between the stream storing it and a seek back that needs its
+    bytes: the write fails with EIO, later reads and the commit fail with EIO (never
+    zeros), and the file's committed version stays as it was."""
+    old = os.urandom(300_000)
+    fs_store.put("p", "big", old)
+    data = os.urandom(20 * 1024 * 1024)
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        ino = (await fs.lookup(part, "big")).ino
+        fh = (await fs.open(ino, os.O_RDWR | os.O_TRUNC))[0]
+        await _stream_until_stored(fs, fh, data)
+        of = fs.files[ino]
+        s = of.stream
+        assert s is not None and s.stored_end > s.owed_from + 2 * 1024 * 1024
+        with s._lock:
+            victim = next(ref for off, ref in s._stored if off >= s.owed_from)
+        blobfiles.flip(fs_store.root, victim.id, 100)
+        with pytest.raises(OSError) as e:
+            await fs.write(fh, 0, b"x")
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            await fs.read(fh, 0, 10)
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            await fs.fsync(fh)
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            await fs.release(fh)  # close(2) reports it too; the open file is let go
+        assert e.value.errno == errno.EIO
+        assert ino not in fs.files
+
+    run(fs_store, tmp_path, scenario)
+    v = fs_store.get("p", "big")
+    assert v.header.seq == 1 and fs_store.read_bytes(v) == old
+
+
 def test_a_released_staging_refuses_reads_until_it_is_restored(tmp_path: Path) -> None:
     st = Staging(0, str(tmp_path))
     blob = os.urandom(5 * 1024 * 1024)

@@ -108,16 +108,22 @@ class FileOps(MountState):
         async with of.lock:
             if of.staging is None:
                 return await self._read_base(of, off, size)
-            if of.stream is not None and of.stream.spilling:  # its thread may hold bytes for the spill file
-                await trio.to_thread.run_sync(of.stream.wait_spilled, off + size)
+            end = min(off + size, of.staging.size)
+            s = of.stream
+            owed = b""
+            if s is not None and s.owes(off, end):  # its bytes are not in the spill file
+                cut = max(off, s.owed_from)
+                owed = await self._thread(s.read_owed, cut, end)
+                end = cut
             out = []
-            for p in of.staging.pieces(off, size):
+            for p in of.staging.pieces(off, max(0, end - off)):
                 if p.kind == DIRTY:
                     out.append(of.staging.read_dirty(p.start, p.end - p.start))
                 elif p.kind == BASE:
                     out.append(await self._read_base(of, p.start, p.end - p.start))
                 else:
                     out.append(bytes(p.end - p.start))
+            out.append(owed)
             return b"".join(out)
 
     async def _read_base(self, of: OpenFile, off: int, size: int) -> bytes | memoryview:
@@ -134,32 +140,56 @@ class FileOps(MountState):
             st = of.ensure_staging(self.opts.spill_dir)
             fresh = off == 0 and st.size == 0 and st.base_limit == 0 and not len(st.extents)
             s = of.stream
-            if s is not None and (off != s.pos or s.aborted):
-                of.drop_stream()  # first: it completes the spill file before this write lands
+            if s is not None and (off != s.pos or s.aborted or s.failed):
+                await self.end_stream(of)  # first: the spill file gets what the stream owes it
                 s = None
             if s is None and fresh:
                 s = of.stream = PayloadStream(self.store, self._view(of))
             if s is not None and s.spilling:
-                st.write_elsewhere(off, len(data))  # the stream's thread writes the bytes to the spill file
+                # the stream owes these bytes to the spill file: they are copied there only
+                # if the commit does not use the stream's payload (fsobj.fs.stream)
+                if await self._stream_write(of, s, data):
+                    st.write_elsewhere(off, len(data))
+                else:
+                    st.write(off, data)
             else:
                 st.write(off, data)
                 if s is not None and s.started and st.spill_fd is not None:
                     s.spill_to(st.spill_fd)  # the staging spilled: from the next append on
+                if s is not None:
+                    await self._stream_write(of, s, data)
             of.touch()
-            if s is not None:
-                await self._stream_write(of, s, data)
         h.flushed = False
         return len(data)
 
-    async def _stream_write(self, of: OpenFile, s: PayloadStream, data: bytes) -> None:
+    async def _stream_write(self, of: OpenFile, s: PayloadStream, data: bytes) -> bool:
         """Sequential writes from offset 0 also go to a payload stream (written while they
-        arrive); any other write stops it and the commit reads the staging."""
+        arrive); any other write stops it and the commit reads the staging. False if the
+        stream failed to take ``data`` (it has ended: the staging must take it)."""
         try:
             if not s.feed(data):
                 await trio.to_thread.run_sync(s.feed_blocking, data)
-        except Exception:  # the stream is only a shortcut: the staging has the data
+            return True
+        except Exception:  # the stream is only a shortcut: the staging takes the data back
             log.exception("streaming the payload of %s failed; it commits from the staging", of.sort_key)
-            of.drop_stream()
+            await self.end_stream(of)
+            return False
+
+    async def end_stream(self, of: OpenFile) -> None:
+        """Stop the open file's stream (lock held); the spill file gets the bytes the stream
+        owes it, in a worker thread (they may have to be read back from its chunks). If
+        they cannot be, the staging is lost: its reads and commit fail with EIO."""
+        s, of.stream = of.stream, None
+        if s is None:
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await self._thread(s.abort)
+        except OSError:
+            log.exception("the staged bytes of %s could not be taken back from its stream", of.sort_key)
+            if of.staging is not None:
+                of.staging.lose()
+            raise
 
     async def flush(self, fh: int) -> None:
         """close(2) of a descriptor: commit if this handle wrote since its last flush and no
@@ -190,9 +220,12 @@ class FileOps(MountState):
         if of.handles or self.files.get(of.ino) is not of or self.committer.queued(of):
             return
         if of.dirty and not of.unlinked:
-            # its commit failed (logged): keep the data; unmount, fsync or the next close retries
-            log.error("%s could not be committed; its data is kept until a commit succeeds", of.sort_key)
-            return
+            if of.staging is not None and of.staging.lost:  # no commit can succeed: the close said EIO
+                log.error("%s: its uncommitted writes are lost (EIO); its last version stays", of.sort_key)
+            else:
+                # its commit failed (logged): keep the data; unmount, fsync or the next close retries
+                log.error("%s could not be committed; its data is kept until a commit succeeds", of.sort_key)
+                return
         of.drop_staging()
         del self.files[of.ino]
         if of.base is not None and not of.dirty:
@@ -281,6 +314,7 @@ class FileOps(MountState):
         job = work.DataJob(ps.view, of.base, of.sort_key, of.posix, of.headers, source, of.payload_changed)
         job.stream = of.take_stream()
         job.on_streamed = of.keep_streamed if keep_streamed else None
+        job.on_lost = of.staging.lose if of.staging is not None else None
         return job
 
     async def _restore(self, of: OpenFile, ps: PartState) -> None:
@@ -367,7 +401,7 @@ class FileOps(MountState):
         async with of.lock:
             st = of.ensure_staging(self.opts.spill_dir)
             if size != st.size or size < st.base_limit:
-                of.drop_stream()
+                await self.end_stream(of)
                 st.truncate(size)
                 of.touch()
 

@@ -109,9 +109,10 @@ class OpenFile:
         self.headers = version.header.headers
         self.sort_key = version.sort_key
 
-    def drop_stream(self) -> None:
+    def discard_stream(self) -> None:
+        """Stop the stream without taking its bytes (the staging is being dropped)."""
         if self.stream is not None:
-            self.stream.abort()
+            self.stream.discard()
             self.stream = None
 
     def take_stream(self) -> PayloadStream | None:
@@ -122,7 +123,7 @@ class OpenFile:
             return None
         if s.started and not s.aborted and st is not None and s.pos == st.size and st.extents.covers(0, st.size):
             return s
-        s.abort()
+        s.abort()  # owes nothing here: every other write and truncate ended it (FileOps.end_stream)
         return None
 
     def keep_streamed(self, written: WrittenPayload) -> None:
@@ -143,7 +144,7 @@ class OpenFile:
         self.streamed = None
 
     def drop_staging(self) -> None:
-        self.drop_stream()
+        self.discard_stream()
         self.streamed = None
         if self.staging is not None:
             self.staging.close()

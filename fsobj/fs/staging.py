@@ -107,6 +107,7 @@ class Staging:
         self._mem: bytearray | None = bytearray()
         self._file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
         self.released = False  # the spill file was emptied: its bytes are elsewhere (release)
+        self.lost = False  # bytes owed to the spill file could not be written there (lose)
 
     # ------------------------------------------------------------ changes
     def write(self, off: int, data: bytes) -> None:
@@ -124,8 +125,9 @@ class Staging:
         self._written(off, end)
 
     def write_elsewhere(self, off: int, n: int) -> None:
-        """Record a write of ``n`` bytes at ``off`` whose bytes someone else puts into the
-        spill file (a payload stream's thread, ``fsobj.fs.stream``)."""
+        """Record a write of ``n`` bytes at ``off`` whose bytes someone else owes the
+        spill file (a payload stream, ``fsobj.fs.stream``): until they are written there,
+        nobody may read them from here."""
         assert self._file is not None
         self._written(off, off + n)
 
@@ -177,8 +179,15 @@ class Staging:
             raise OSError(errno.EIO, f"restored {pos} of {self.size} staged bytes")
         self.released = False
 
+    def lose(self) -> None:
+        """Bytes recorded with :meth:`write_elsewhere` never reached the spill file: from
+        now on every read, change and commit of this staging fails with EIO (never zeros)."""
+        self.lost = True
+
     def _readable(self) -> None:
-        """Refuse to read or change a released staging (EIO)."""
+        """Refuse to read or change a released or lost staging (EIO)."""
+        if self.lost:
+            raise OSError(errno.EIO, "staged writes were lost before they reached the spill file")
         if self.released:
             raise OSError(errno.EIO, "the staged bytes are only in the uncommitted payload")
 

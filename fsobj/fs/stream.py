@@ -1,37 +1,46 @@
 """Streaming writes: a file written sequentially from offset 0 is chunked and
 encrypted while the writes arrive, so that only the header waits for close.
 
-Owns: one background thread per stream running ``store.payloads.write`` over a
-queue of the written bytes. The staging (``fsobj.fs.staging``) holds every
-written byte as well, so reads, conflict copies and the fallback need nothing
-from here: a stream is only an early copy of what the staging holds. It is
-used by the commit only while every write since offset 0 was an append and its
-length equals the staged size; anything else (a write elsewhere, a truncate)
-aborts it, and the commit reads the staging as before. The blobs of an aborted
-stream are unreferenced and left to gc.
+Owns: one background thread per stream running ``store.payloads.write_pieces``
+over a queue of the written bytes, and the bytes the stream owes the staging.
 
-Once the staging has spilled to its file (``spill_to``), the appends are not
-written to the spill file by the event loop: each queued piece carries its
-offset and the stream thread writes it there before chunking it, off the event
-loop; a read of the open file waits until the bytes it reads are there
-(:meth:`PayloadStream.wait_spilled`). Whatever the thread has not taken when
-the stream is aborted, or when it failed, is written by
-:meth:`PayloadStream.abort` (under a lock, so every piece lands exactly once);
-after ``abort`` returns the spill file is complete.
+A stream is an early copy of what the staging (``fsobj.fs.staging``) records
+as written. It is used by the commit only while every write since offset 0
+was an append and its length equals the staged size; anything else (a write
+elsewhere, a truncate, a read of the bytes it holds, a failure) ends it, and
+the staging is authoritative again.
 
 Small files never start a thread: the first ``START_AT`` bytes are only
 buffered, and a file closed before it reaches them commits from the staging.
+Until the staging spills to its file, every write goes to the staging too.
+
+Once the staging has spilled (``spill_to``), the appends are **not** copied
+into the spill file at all: the staging records them as written
+(``Staging.write_elsewhere``) and the stream *owes* them to the spill file.
+A commit that uses the stream's payload never needs them there. Every other
+ending pays the debt before the staging is used again
+(:meth:`PayloadStream.abort`, or :meth:`PayloadStream.finish` of a stream that
+failed, or :meth:`PayloadStream.give_back` of a payload the commit cannot
+use): the owed bytes are the chunks the thread has stored (read back and
+verified, like any blob) followed by the pieces it still holds. The thread
+holds every owed piece until a stored chunk covers it, so nothing written is
+only in the chunker's buffer when the stream ends; that is at most the queue
+plus ``WINDOW`` chunks in flight plus one chunk being cut (about 40 MiB).
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 
+from fsobj import crypto
+from fsobj.model.header import ChunkRef
 from fsobj.store import PartitionView, Store
 from fsobj.store.payload import WrittenPayload
 
@@ -48,28 +57,13 @@ _ABORT = object()
 _NO_QUEUE: queue.Queue[object] = queue.Queue(0)  # shared placeholder: always empty, never put to
 
 
-def _queued_pieces(q: queue.Queue[object], stream: PayloadStream) -> Iterator[bytes]:
-    """The written bytes from the queue, each written to the spill file first (if it goes there)."""
-    while True:
-        item = q.get()
-        if item is _ABORT or stream.aborted:
-            if isinstance(item, _Piece):
-                stream.spill([item])  # abort drains the rest
-            raise _Aborted()
-        if item is _EOF:
-            return
-        assert isinstance(item, _Piece)
-        stream.spill([item])
-        yield item.data
-
-
 class _Piece:
-    """Written bytes at ``off``; ``spill``: the staging's file does not have them yet."""
+    """Written bytes at ``off``; ``owed``: the staging's spill file does not have them."""
 
-    __slots__ = ("data", "off", "spill")
+    __slots__ = ("data", "off", "owed")
 
-    def __init__(self, off: int, data: bytes, spill: bool) -> None:
-        self.off, self.data, self.spill = off, data, spill
+    def __init__(self, off: int, data: bytes, owed: bool) -> None:
+        self.off, self.data, self.owed = off, data, owed
 
 
 class PayloadStream:
@@ -83,10 +77,16 @@ class PayloadStream:
         self._buffered: list[bytes] = []
         self._q: queue.Queue[object] = _NO_QUEUE  # made when the thread starts: most files are small
         self._future: Future[WrittenPayload] | None = None
+        self._keys: crypto.EpochKeys | None = None  # what the thread writes with
         self._spill_fd = -1  # our own descriptor of the staging's spill file (spill_to)
-        self._spilled = threading.Condition()  # guards the spill file's writes and the two below
-        self._unwritten: list[_Piece] = []  # pieces whose spill write failed: abort retries them
-        self._spilled_end = 0  # the spill file holds every fed byte below this
+        self._owed_from = -1  # the spill file lacks every fed byte from here on
+        # Written by the thread under _lock; read by others under _lock (read_owed) or once
+        # it has ended (_future done):
+        self._lock = threading.Lock()
+        self._held: collections.deque[_Piece] = collections.deque()  # owed pieces no stored chunk covers yet
+        self._stored: list[tuple[int, ChunkRef]] = []  # (offset, chunk) of each chunk stored
+        self._stored_end = 0
+        self._late: list[_Piece] = []  # owed pieces taken back from the queue, or fed after the thread ended
 
     @property
     def started(self) -> bool:
@@ -94,52 +94,38 @@ class PayloadStream:
 
     @property
     def spilling(self) -> bool:
-        """Whether appends fed now are written to the spill file by this stream."""
+        """Whether appends fed now are owed to the spill file by this stream."""
         return self._spill_fd >= 0 and not self.aborted
 
+    @property
+    def failed(self) -> bool:
+        """The thread ended before the end of the file (an error): end the stream."""
+        return self._future is not None and self._future.done() and not self.aborted
+
+    @property
+    def owed_from(self) -> int:
+        """Fed bytes from here on are owed to the spill file (while ``spilling``)."""
+        return self._owed_from
+
+    @property
+    def stored_end(self) -> int:
+        """The chunks the thread has stored so far hold the fed bytes below this."""
+        with self._lock:
+            return self._stored_end
+
+    def owes(self, start: int, end: int) -> bool:
+        """Whether bytes of [start, end) are owed to the spill file (a read must end the stream)."""
+        return self.spilling and end > self._owed_from and start < self.pos
+
     def spill_to(self, fd: int) -> None:
-        """From now on the caller does not write fed bytes to the staging file ``fd``:
-        the stream does (see the module docstring). Only once the thread runs."""
+        """The staging has just spilled to the file ``fd`` and holds every byte fed so far:
+        from now on the caller does not write appends there (see the module docstring).
+        Only once the thread runs."""
         assert self.started and self._spill_fd < 0
         self._spill_fd = os.dup(fd)
-        self._spilled_end = self.pos
+        self._owed_from = self.pos
 
-    def wait_spilled(self, end: int) -> None:
-        """Blocking (worker thread): until the spill file holds every fed byte below ``end``
-        (the thread takes pieces in order) or the stream ended."""
-        with self._spilled:
-            while self._spilled_end < min(end, self.pos) and not self._future_done():
-                self._spilled.wait(0.1)
-        if self._future_done():
-            self.spill(self._drain())  # a thread that failed left pieces in the queue
-        if self._unwritten:
-            raise OSError(errno.EIO, "staged writes could not reach the spill file")
-
-    def _future_done(self) -> bool:
-        return self._future is None or self._future.done()
-
-    def spill(self, pieces: list[_Piece]) -> None:
-        """Write pieces to the spill file (each exactly once). A failure keeps them for
-        :meth:`abort` to retry."""
-        with self._spilled:
-            for p in pieces:
-                if not p.spill:
-                    continue
-                if self._spill_fd < 0:  # let go already: cannot happen while callers hold the file's lock
-                    self._unwritten.append(p)
-                    p.spill = False
-                    continue
-                try:
-                    view, off = memoryview(p.data), p.off
-                    while view:
-                        n = os.pwrite(self._spill_fd, view, off)
-                        view, off = view[n:], off + n
-                except OSError:
-                    self._unwritten.append(p)
-                p.spill = False
-                self._spilled_end = max(self._spilled_end, p.off + len(p.data))
-                self._spilled.notify_all()
-
+    # ------------------------------------------------------------ feeding (trio thread)
     def feed(self, data: bytes) -> bool:
         """Hand over the next bytes without blocking; False if the queue is full
         (then call :meth:`feed_blocking` in a worker thread)."""
@@ -157,17 +143,18 @@ class PayloadStream:
         return True
 
     def feed_blocking(self, data: bytes) -> None:
-        """Blocking :meth:`feed` (worker thread); gives up if the stream is aborted
-        (then writes the bytes to the spill file itself, if they were to go there)."""
+        """Blocking :meth:`feed` (worker thread). If the stream was aborted or its thread
+        ended meanwhile, the piece is kept here for the spill file instead."""
         piece = _Piece(self.pos, bytes(data), self._spill_fd >= 0)
-        while not self.aborted:
+        assert self._future is not None
+        while not self.aborted and not self._future.done():
             try:
                 self._q.put(piece, timeout=0.1)
             except queue.Full:
                 continue
             self.pos += len(data)
             return
-        self.spill([piece])
+        self._late.append(piece)
         self.pos += len(data)
 
     def _start(self) -> None:
@@ -177,18 +164,86 @@ class PayloadStream:
         self._buffered = []
         threading.Thread(target=self._run, name="fsobj-stream", daemon=True).start()
 
+    # ------------------------------------------------------------ the thread
     def _run(self) -> None:
         fut = self._future
         assert fut is not None
         try:
-            keys = self.view.current_keys()
-            fut.set_result(self.store.payloads.write_pieces(_queued_pieces(self._q, self), keys, self.view.id))
+            keys = self._keys = self.view.current_keys()
+            written = self.store.payloads.write_pieces(self._pieces(), keys, self.view.id, stored=self._chunk_stored)
+            fut.set_result(written)
         except BaseException as e:  # _Aborted, or a real failure: the commit then reads the staging
             fut.set_exception(e)
 
+    def _pieces(self) -> Iterator[bytes]:
+        """The written bytes from the queue; each owed piece is held until it is stored."""
+        while True:
+            item = self._q.get()
+            if item is _ABORT or self.aborted:
+                if isinstance(item, _Piece) and item.owed:
+                    self._held.append(item)
+                raise _Aborted()
+            if item is _EOF:
+                return
+            assert isinstance(item, _Piece)
+            if item.owed:
+                with self._lock:
+                    self._held.append(item)
+            yield item.data
+
+    def _chunk_stored(self, ref: ChunkRef) -> None:
+        with self._lock:
+            self._stored.append((self._stored_end, ref))
+            self._stored_end += ref.length
+            held = self._held
+            while held and held[0].off + len(held[0].data) <= self._stored_end:
+                held.popleft()
+
+    # ------------------------------------------------------------ reading (worker thread)
+    def read_owed(self, start: int, end: int) -> bytes:
+        """Blocking: the bytes of [start, end) (within what was fed since ``spill_to``)
+        from the stream itself, without ending it: from the pieces it holds or still has
+        queued, or read back from the chunks it stored."""
+        assert self._owed_from <= start <= end <= self.pos
+        for _ in range(1000):
+            with self._q.mutex:  # first the queue: a piece the thread takes meanwhile is in it
+                queued = [p for p in self._q.queue if isinstance(p, _Piece)]
+            with self._lock:
+                stored = [(off, ref) for off, ref in self._stored if off < end and off + ref.length > start]
+                pieces = [*self._held, *queued, *self._late]
+            out = _assemble(start, end, pieces)
+            if out is None and stored and stored[0][0] <= start:
+                out = self._from_chunks(start, end, stored, pieces)
+            if out is not None:
+                return out
+            time.sleep(0.001)  # the thread had taken a piece off the queue but not yet held it
+        raise OSError(errno.EIO, f"the staged bytes from {start} to {end} are not in the stream")
+
+    def _from_chunks(
+        self, start: int, end: int, stored: list[tuple[int, ChunkRef]], pieces: list[_Piece]
+    ) -> bytes | None:
+        assert self._keys is not None
+        out = bytearray()
+        pos = start
+        for off, ref in stored:
+            if off > pos:
+                return None
+            plain = self.store.payloads.read_chunk(ref, self._keys, self.view.id)
+            out += memoryview(plain)[pos - off : min(end, off + ref.length) - off]
+            pos = min(end, off + ref.length)
+        if pos < end:
+            rest = _assemble(pos, end, pieces)
+            if rest is None:
+                return None
+            out += rest
+        return bytes(out)
+
+    # ------------------------------------------------------------ ending
     def finish(self) -> WrittenPayload | None:
-        """Blocking (worker thread): end the stream and wait for its payload; None if it
-        failed (then the spill file is made complete first: the commit reads the staging)."""
+        """Blocking (worker thread): end the stream and wait for its payload. None if it
+        failed: then the owed bytes are in the spill file first (OSError if they cannot
+        be), and the commit reads the staging. A payload returned must be passed on
+        with :meth:`close` or refused with :meth:`give_back`."""
         if self._future is None or self.aborted:
             return None
         while not self._future.done():  # a thread that died does not read the queue any more
@@ -198,29 +253,49 @@ class PayloadStream:
             except queue.Full:
                 continue
         try:
-            written = self._future.result()
+            return self._future.result()
         except BaseException:
-            self._settle()
+            self._pay()
             return None
-        self._settle()  # the thread took every piece: only closes our descriptor
-        return written
+
+    def close(self) -> None:
+        """The payload of :meth:`finish` is used: nothing is owed any more."""
+        if self._spill_fd >= 0:
+            os.close(self._spill_fd)
+            self._spill_fd = -1
+
+    def give_back(self) -> None:
+        """Blocking: the payload of :meth:`finish` is not used (the key rotated): the
+        owed bytes go to the spill file (OSError if they cannot)."""
+        self._pay()
 
     def abort(self) -> None:
-        """Stop the thread (it exits at its next read); the staging stays authoritative.
-        When the stream writes the spill file, this waits for the thread and writes what
-        it did not take, so the spill file is complete when it returns (OSError if not)."""
+        """Blocking (a worker thread, when the stream owes bytes): stop the thread; when it
+        has ended, write the owed bytes to the spill file (OSError if they cannot be).
+        The staging is authoritative again when this returns."""
         if self.aborted:
             return
+        self._stop()
+        if self._future is not None:
+            self._pay()
+
+    def discard(self) -> None:
+        """Stop the thread without waiting for it: the staging is being dropped."""
+        if self.aborted:
+            return
+        self._stop()
+        self.close()
+
+    def _stop(self) -> None:
         self.aborted = True
         self._buffered = []
         if self._future is None:
             return
-        self.spill(self._drain())
+        self._late.extend(self._drain())
         try:
             self._q.put_nowait(_ABORT)
         except queue.Full:
             pass  # a blocked feeder refilled it: the reader sees ``aborted`` on its next item
-        self._settle()
 
     def _drain(self) -> list[_Piece]:
         out = []
@@ -232,23 +307,64 @@ class PayloadStream:
             if isinstance(item, _Piece):
                 out.append(item)
 
-    def _settle(self) -> None:
-        """Make the spill file complete and let go of it: wait for the thread to end, write
-        the pieces it left in the queue, retry failed writes."""
+    def _pay(self) -> None:
+        """Write every owed byte to the spill file, then let go of it: the stored chunks
+        from ``_owed_from`` on, then the pieces held, taken back or fed late."""
         if self._spill_fd < 0:
             return
         assert self._future is not None
         try:
-            self._future.exception()  # waits; the outcome does not matter here
+            self._future.exception()  # waits for the thread; the outcome does not matter here
         except BaseException:
             pass
-        self.spill(self._drain())
-        with self._spilled:
-            failed, self._unwritten = self._unwritten, []
-        for p in failed:
-            p.spill = True
-        self.spill(failed)
-        if self._unwritten:
-            raise OSError(errno.EIO, f"{len(self._unwritten)} staged writes could not reach the spill file")
-        os.close(self._spill_fd)
-        self._spill_fd = -1
+        pieces = [*self._held, *self._late, *(p for p in self._drain() if p.owed)]
+        self._held.clear()
+        self._late = []
+        try:
+            self._write_owed(pieces)
+        except OSError:
+            raise
+        except Exception as e:  # a stored chunk that does not read back (IntegrityError, ...)
+            raise OSError(errno.EIO, f"the staged bytes could not be read back: {e}") from e
+        finally:
+            self.close()
+
+    def _write_owed(self, pieces: list[_Piece]) -> None:
+        end = self._owed_from
+        for off, ref in self._stored:
+            if off + ref.length <= end:
+                continue
+            assert self._keys is not None and off <= end
+            plain = self.store.payloads.read_chunk(ref, self._keys, self.view.id)
+            _pwrite_all(self._spill_fd, memoryview(plain)[end - off :], end)
+            end = off + ref.length
+        for p in sorted(pieces, key=lambda p: p.off):
+            if p.off + len(p.data) <= end:
+                continue
+            if p.off > end:
+                break
+            _pwrite_all(self._spill_fd, memoryview(p.data)[end - p.off :], end)
+            end = p.off + len(p.data)
+        if end < self.pos:
+            raise OSError(errno.EIO, f"the staged bytes from {end} to {self.pos} were lost")
+
+
+def _assemble(start: int, end: int, pieces: list[_Piece]) -> bytes | None:
+    """[start, end) from ``pieces`` (in any order, overlapping), None if they leave a gap."""
+    out = bytearray()
+    pos = start
+    for p in sorted(pieces, key=lambda p: p.off):
+        p_end = p.off + len(p.data)
+        if p_end <= pos:
+            continue
+        if p.off > pos or pos >= end:
+            break
+        out += memoryview(p.data)[pos - p.off : min(end, p_end) - p.off]
+        pos = min(end, p_end)
+    return bytes(out) if pos >= end else None
+
+
+def _pwrite_all(fd: int, view: memoryview, off: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n

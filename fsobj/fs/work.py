@@ -85,6 +85,7 @@ class DataJob:
     payload_changed: bool
     stream: PayloadStream | None = None  # the payload already written while the file was written
     on_streamed: Callable[[WrittenPayload], None] | None = None  # told the stream's payload before it is used
+    on_lost: Callable[[], None] | None = None  # told when the stream could not give the staging its bytes
 
 
 def commit_data(store: Store, job: DataJob) -> Version:
@@ -111,11 +112,18 @@ def _streamed(store: Store, job: DataJob) -> WrittenPayload | None:
     stream, job.stream = job.stream, None  # a retry or a conflict copy reads the staging
     if stream is None:
         return None
-    written = stream.finish()
-    if written is None or written.length != stream.pos:
-        return None
-    if written.epoch != store.partition(job.view.id).current_keys().epoch:
-        return None  # the key rotated meanwhile: write it again from the staging
+    try:
+        written = stream.finish()
+        if written is None:
+            return None  # it failed: the bytes it owed are in the spill file again
+        if written.length != stream.pos or written.epoch != store.partition(job.view.id).current_keys().epoch:
+            stream.give_back()  # (the key rotated meanwhile): write it again from the staging
+            return None
+    except OSError:
+        if job.on_lost is not None:
+            job.on_lost()
+        raise
+    stream.close()
     if job.on_streamed is not None:
         job.on_streamed(written)
     return written
@@ -157,7 +165,7 @@ def settle_sources(store: Store, jobs: list[DataJob]) -> list[DataJob]:
             else:
                 with _closing(source):
                     pass
-        job.on_streamed = None
+        job.on_streamed = job.on_lost = None
     return jobs
 
 

@@ -42,6 +42,7 @@ WINDOW = 12  # chunks in flight per stream (write) and read-ahead (read)
 PREFETCH = 8  # a read hints the blob this many chunks further on (BlobStore.prefetch)
 
 Progress = Callable[[int], None]
+Stored = Callable[[ChunkRef], None]  # told each new chunk, in payload order, once its blob is written
 
 
 @dataclass
@@ -85,8 +86,10 @@ class _Assembly:
     hashed: their blocks' hashes are kept too, or the bytes are handed to
     :meth:`hash_only`)."""
 
-    def __init__(self, io: PayloadIO, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None) -> None:
-        self.io, self.keys, self.pid, self.progress = io, keys, pid, progress
+    def __init__(
+        self, io: PayloadIO, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None, stored: Stored | None = None
+    ) -> None:
+        self.io, self.keys, self.pid, self.progress, self.stored = io, keys, pid, progress, stored
         self.hasher = BlockHasher()
         self.result = WrittenPayload(0, b"", None, None, epoch=keys.epoch)
         self.chunks: list[ChunkRef] = []
@@ -142,6 +145,8 @@ class _Assembly:
             n, fut = self.pending.popleft()
             blob_id, written = fut.result()
             self.chunks.append(ChunkRef(blob_id, n))
+            if self.stored is not None:
+                self.stored(self.chunks[-1])
             if written:
                 self.result.new_blobs += 1
                 self.result.new_bytes += written
@@ -225,6 +230,7 @@ class PayloadIO:
         keys: crypto.EpochKeys,
         pid: bytes,
         progress: Progress | None = None,
+        stored: Stored | None = None,
     ) -> WrittenPayload:
         """Store the payload made of ``pieces`` (which must not change once handed over).
 
@@ -232,6 +238,9 @@ class PayloadIO:
         (``BlobStore.sync_all``) before a header names them. A payload below the
         chunker's minimum size is one chunk: it is stored in the calling thread,
         without the two thread hand-offs (small files are the common case).
+        ``stored`` is told each chunk of a bigger payload once its blob is written
+        (in order, from the calling thread), so that a caller can let go of the
+        bytes it holds for them.
         """
         it = iter(pieces)
         head: list[bytes | memoryview] = []
@@ -243,7 +252,7 @@ class PayloadIO:
                 break
         if got <= chunking.MIN_SIZE:
             return self._write_small(b"".join(head), keys, pid, progress)
-        with _Assembly(self, keys, pid, progress) as asm:
+        with _Assembly(self, keys, pid, progress, stored) as asm:
             for data in chunking.split_pieces(itertools.chain(head, it), keys.cdc_seed):
                 asm.add_new(data)
             return asm.finish()
