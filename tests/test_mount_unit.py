@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsobj.crypto import Identity
+from fsobj.errors import IntegrityError
 from fsobj.fs.filesystem import Filesystem, Options
 from fsobj.fs.inodes import ROOT_INODE, InodeTable
 from fsobj.fs.staging import Extents, Staging
@@ -224,6 +225,60 @@ def test_write_commit_rename_unlink_without_fuse(fs_store: Store, tmp_path: Path
         assert fs_store.log("p", "g")[-1].tombstone
 
     run(fs_store, tmp_path, scenario)
+
+
+def test_the_history_tree_is_built_only_when_a_removed_series_is_needed(fs_store: Store, tmp_path: Path) -> None:
+    """The live tree of a partition comes from its live series only: the heads of removed
+    series are neither read nor decrypted until ``.versions`` (or a version of a removed
+    series) is used. A removed file's versions keep its last owner and mode then."""
+    import sqlite3
+
+    gone_hash: list[bytes] = []
+
+    async def write_and_remove(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        for name, mode in (("live.txt", 0o644), ("gone.txt", 0o600)):
+            fh, _ = await fs.create(part, name, mode, os.O_RDWR, 0, 0)
+            await fs.write(fh, 0, name.encode())
+            await fs.release(fh)
+        gone_hash.append(fs_store.get("p", "gone.txt").hash)
+        await fs.unlink(part, "gone.txt")
+
+    run(fs_store, tmp_path, write_and_remove)
+    # the removed series' head gets a sort key that does not open: only a listing of
+    # removed series reads it
+    idx = sqlite3.connect(fs_store.root / "index.sqlite", isolation_level=None)
+    saved = idx.execute("SELECT base_hash, sort_key_ct FROM heads WHERE tombstone = 1").fetchall()
+    assert len(saved) == 1
+    idx.execute("UPDATE heads SET sort_key_ct = ? WHERE tombstone = 1", [b"\0" * len(saved[0][1])])
+
+    async def browse(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        ps = fs.parts[fs_store.partition("p").id]
+        assert [n for n, _ in await fs.readdir(await fs.opendir(part), 0)] == [".", "..", "live.txt"]
+        assert ps.tree is not None and ps.history is None
+        with pytest.raises(IntegrityError):  # the first use of the history reads the removed head
+            await fs.lookup((await fs.lookup(part, ".versions")).ino, "gone.txt")
+
+    fs_store._listing.clear()
+    run(fs_store, tmp_path, browse)
+    idx.execute("UPDATE heads SET sort_key_ct = ? WHERE base_hash = ?", [saved[0][1], saved[0][0]])
+    fs_store._listing.clear()
+
+    async def versions(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        ps = fs.parts[fs_store.partition("p").id]
+        objects = (await fs.lookup(part, ".objects")).ino
+        attr = await fs.lookup(objects, gone_hash[0].hex() + "@exact")  # a removed series' version
+        assert ps.history is not None
+        assert attr.mode & 0o777 == 0o400 and attr.size == len(b"gone.txt")
+        vdir = (await fs.lookup((await fs.lookup(part, ".versions")).ino, "gone.txt")).ino
+        names = [n for n, _ in await fs.readdir(await fs.opendir(vdir), 0)][2:]
+        assert len(names) == 1 and names[0].startswith("0001_")
+        assert (await fs.lookup(vdir, names[0])).mode & 0o777 == 0o400
+
+    run(fs_store, tmp_path, versions)
+    idx.close()
 
 
 def test_a_big_sparse_file_spills_to_an_unnamed_file(fs_store: Store, tmp_path: Path) -> None:

@@ -304,11 +304,7 @@ class MountState:
     ) -> list[Stale]:
         """What the kernel may cache of one partition that others' commits changed: the
         attributes and data of changed objects, and names that are gone or mean another node."""
-        changed = [
-            b
-            for b in old_heads.keys() | ps.heads.keys()
-            if (e := old_heads.get(b)) is None or (f := ps.heads.get(b)) is None or e.head_hash != f.head_hash
-        ]
+        changed = [b for b in old_heads.keys() | ps.heads.keys() if _seen_change(old_heads.get(b), ps.heads.get(b))]
         if not changed:
             return []
         out: list[Stale] = []
@@ -355,27 +351,54 @@ class MountState:
         return ps.tree
 
     async def _history(self, ps: PartState) -> HistoryTree:
-        await self._tree(ps)
-        assert ps.history is not None
+        """The partition's ``.versions`` tree, built on first use: it lists every series
+        ever written, removed ones too, so the live tree does not pay for it."""
+        while ps.history is None:
+            tree = await self._tree(ps)
+            async with ps.build_lock:
+                if ps.tree is tree and ps.history is None:  # (a reload meanwhile: build on the new tree)
+                    await self._build_history(ps)
         return ps.history
 
     async def _build(self, ps: PartState) -> None:
+        """The live tree and heads, from the live series only (their count, not the
+        partition's history, sets the cost of the first access after a mount)."""
+
         def listing() -> tuple[int, list[ListEntry]]:
-            return self.store.generation(), self.store.list(ps.pid, include_deleted=True)
+            return self.store.generation(), self.store.list(ps.pid)
 
         gen, entries = await self._thread(listing)
-        tree, history, heads = PartitionTree(), HistoryTree(), {}
+        tree: PartitionTree = PartitionTree()
+        heads: dict[bytes, ListEntry] = {}
         for e in entries:
-            _place(tree, history, heads, e)
+            _place(tree, None, heads, e)
         for g, pid, e in self._recent:  # own commits the listing may predate
             if pid == ps.pid and g > gen:
-                _place(tree, history, heads, e)
+                _place(tree, None, heads, e)
         for of in self.files.values():  # files created here and not committed yet
             if of.pid == ps.pid and isinstance(of.ref, int) and not of.unlinked:
                 tree.add(of.ref, of.sort_key)
         for base_hash in self.committer.removals_of(ps.pid):  # unlinked here, tombstone not written yet
             tree.remove(base_hash)
-        ps.tree, ps.history, ps.heads = tree, history, heads
+        ps.tree, ps.history, ps.heads = tree, None, heads
+
+    async def _build_history(self, ps: PartState) -> None:
+        """Every series at its latest path, removed ones too (build_lock held). The heads
+        of removed series join ``heads`` (their last owner and mode guard their history)."""
+
+        def listing() -> tuple[int, list[ListEntry]]:
+            return self.store.generation(), self.store.list(ps.pid, include_deleted=True)
+
+        gen, entries = await self._thread(listing)
+        history = HistoryTree()
+        for e in entries:
+            history.set(e.base_hash, e.sort_key)
+            if e.tombstone and e.base_hash not in ps.heads:
+                ps.heads[e.base_hash] = e
+        for g, pid, e in self._recent:  # own commits the listing may predate
+            if pid == ps.pid and g > gen:
+                history.set(e.base_hash, e.sort_key)
+        ps.history = history
 
     def _apply(self, ps: PartState, versions: Iterable[Version], gen_after: int) -> None:
         """Our own committed versions, into the trees."""
@@ -383,7 +406,7 @@ class MountState:
             self.versions.put(v)
             e = entry_of(v)
             self._recent.append((gen_after, ps.pid, e))
-            if ps.tree is not None and ps.history is not None:
+            if ps.tree is not None:
                 _place(ps.tree, ps.history, ps.heads, e)
             else:
                 ps.heads[e.base_hash] = e  # the rebuild replaces it; meanwhile never older than ours
@@ -498,6 +521,9 @@ class MountState:
             return None
         await self._tree(ps)
         e = ps.heads.get(base_hash)
+        if e is None and ps.history is None:  # a removed series: its head is known with the history
+            await self._history(ps)
+            e = ps.heads.get(base_hash)
         if e is None:
             return None
         return (await self._version(e.head_hash, ps.view)).header.posix
@@ -574,9 +600,18 @@ class MountState:
         return Posix("dir", 0o755, self.opts.uid, self.opts.gid, time.time_ns())
 
 
-def _place(tree: PartitionTree, history: HistoryTree, heads: dict[bytes, ListEntry], e: ListEntry) -> None:
+def _seen_change(old: ListEntry | None, new: ListEntry | None) -> bool:
+    """Whether a series changed in a way the kernel may have cached: a removed series
+    that is simply not listed (the live listing leaves it out) did not."""
+    if old is None or old.tombstone:
+        return new is not None and not new.tombstone
+    return new is None or new.head_hash != old.head_hash
+
+
+def _place(tree: PartitionTree, history: HistoryTree | None, heads: dict[bytes, ListEntry], e: ListEntry) -> None:
     heads[e.base_hash] = e
-    history.set(e.base_hash, e.sort_key)
+    if history is not None:
+        history.set(e.base_hash, e.sort_key)
     if e.tombstone:
         tree.remove(e.base_hash)
     else:

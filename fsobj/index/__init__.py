@@ -270,12 +270,14 @@ class Index(FeedQueries):
         rows = self.q(f"SELECT {_HEAD_COLS} FROM heads WHERE partition_id = ?", [partition_id])
         return [_head(r) for r in rows]
 
-    def head_rows(self, partition_id: bytes) -> list[tuple]:
+    def head_rows(self, partition_id: bytes, live_only: bool = False) -> list[tuple]:
         """(sort_key_ct, epoch, head_hash, base_hash, seq, length, created_us, tombstone) of
-        every head of a partition, as plain tuples (bulk listing)."""
+        every head of a partition (``live_only``: not the tombstones), as plain tuples
+        (bulk listing)."""
+        extra = " AND tombstone = 0" if live_only else ""
         return self.q(
             "SELECT sort_key_ct, epoch, head_hash, base_hash, seq, length, created_us, tombstone "
-            "FROM heads WHERE partition_id = ?",
+            f"FROM heads WHERE partition_id = ?{extra}",
             [partition_id],
         )
 

@@ -157,7 +157,7 @@ class Store(PartitionsMixin):
         self.payloads = PayloadIO(self.blobs, self.pool)
         self.session = crypto.Session(identity, int(time.time()))
         self._views: dict[bytes, PartitionView] = {}
-        self._listing: dict[bytes, tuple[int, list[tuple]]] = {}
+        self._listing: dict[tuple[bytes, bool], tuple[int, list[tuple]]] = {}  # (pid, with removed)
         self._lock = threading.Lock()
         self._tls = threading.local()
         self._certs: set[tuple[bytes, ...]] = set()  # session certificates already verified
@@ -331,7 +331,7 @@ class Store(PartitionsMixin):
         """
         view = self.partition(partition)
         view.require_read()
-        rows = self._sorted_rows(view)
+        rows = self._sorted_rows(view, include_deleted)
         start = 0
         if after is not None:
             bound = (after.encode("utf-8"), after_hash if after_hash is not None else b"\xff" * 33)
@@ -354,27 +354,36 @@ class Store(PartitionsMixin):
                 break
         return out
 
-    def _sorted_rows(self, view: PartitionView) -> list[tuple]:
-        """Every head of a partition as (sort key bytes, head hash, base hash, seq,
-        length, created, epoch, tombstone), sorted: the listing order.
+    def _sorted_rows(self, view: PartitionView, include_deleted: bool) -> list[tuple]:
+        """Every live head of a partition (``include_deleted``: every head) as (sort key
+        bytes, head hash, base hash, seq, length, created, epoch, tombstone), sorted:
+        the listing order.
 
         Kept per partition until the index generation changes (warm listings);
-        rows stay tuples so a cold listing of 100,000 objects stays cheap.
+        rows stay tuples so a cold listing of 100,000 objects stays cheap. The live
+        listing neither reads nor decrypts the heads of removed series, so its cost
+        follows the live objects, not the partition's history.
         """
         gen = self.index.generation()
-        cached = self._listing.get(view.id)
+        cached = self._listing.get((view.id, include_deleted))
         if cached and cached[0] == gen:
             return cached[1]
-        openers = {epoch: keys.sort_key_opener(view.id) for epoch, keys in view.keys.items()}
-        try:
-            rows = [
-                (openers[epoch](ct), head, base, seq, length, created, epoch, tomb)
-                for ct, epoch, head, base, seq, length, created, tomb in self.index.head_rows(view.id)
-            ]
-        except (InvalidTag, KeyError) as e:
-            raise IntegrityError(f"a sealed sort key in the index of {view.display_name} does not verify") from e
-        rows.sort()
-        self._listing[view.id] = (gen, rows)
+        every = self._listing.get((view.id, True))
+        if not include_deleted and every and every[0] == gen:
+            rows = [r for r in every[1] if not r[7]]
+        else:
+            openers = {epoch: keys.sort_key_opener(view.id) for epoch, keys in view.keys.items()}
+            try:
+                rows = [
+                    (openers[epoch](ct), head, base, seq, length, created, epoch, tomb)
+                    for ct, epoch, head, base, seq, length, created, tomb in self.index.head_rows(
+                        view.id, live_only=not include_deleted
+                    )
+                ]
+            except (InvalidTag, KeyError) as e:
+                raise IntegrityError(f"a sealed sort key in the index of {view.display_name} does not verify") from e
+            rows.sort()
+        self._listing[(view.id, include_deleted)] = (gen, rows)
         return rows
 
     def log(self, partition: str | bytes, sort_key: str) -> list[Version]:
