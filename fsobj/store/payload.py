@@ -541,8 +541,8 @@ def keep_chunk_buffers() -> bool:
     ciphertext) than the 32 MiB it used to be, and each shrink and regrowth of
     the heap faulted its pages in again (perf: 7 % of the daemon's CPU in page
     faults under ``memmove`` while ``cp`` wrote 1 GiB). At 96 MiB, with 32 MiB
-    of top padding, paired writes of 1 GiB went from 242 to 276 MiB/s (medians
-    of 4), the daemon's CPU from 5.1 to 4.6 s, its peak RSS from 124 to 146 MiB.
+    of top padding, paired writes of 1 GiB went from 194 to 241 MiB/s (medians
+    of 4), the daemon's CPU from 6.2 to 5.2 s, its peak RSS from 126 to 145 MiB.
     Memory stays bounded by the read and write windows. Returns False where
     ``mallopt`` is not available (not glibc): nothing changes there.
     """
