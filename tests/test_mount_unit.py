@@ -229,11 +229,14 @@ def test_write_commit_rename_unlink_without_fuse(fs_store: Store, tmp_path: Path
 
 def test_the_history_tree_is_built_only_when_a_removed_series_is_needed(fs_store: Store, tmp_path: Path) -> None:
     """The live tree of a partition comes from its live series only: the heads of removed
-    series are neither read nor decrypted until ``.versions`` (or a version of a removed
-    series) is used. A removed file's versions keep its last owner and mode then."""
+    series are neither read nor decrypted for it. The history tree is built apart: on
+    first use of ``.versions`` (or of a version of a removed series), or in the
+    background after the partition's first use (``prepare_histories``, which the daemon
+    runs). A removed file's versions keep its last owner and mode."""
     import sqlite3
 
     gone_hash: list[bytes] = []
+    gone_base: list[bytes] = []
 
     async def write_and_remove(fs: Filesystem) -> None:
         part = (await fs.lookup(ROOT_INODE, "p")).ino
@@ -242,6 +245,7 @@ def test_the_history_tree_is_built_only_when_a_removed_series_is_needed(fs_store
             await fs.write(fh, 0, name.encode())
             await fs.release(fh)
         gone_hash.append(fs_store.get("p", "gone.txt").hash)
+        gone_base.append(fs_store.get("p", "gone.txt").base_hash)
         await fs.unlink(part, "gone.txt")
 
     run(fs_store, tmp_path, write_and_remove)
@@ -279,6 +283,20 @@ def test_the_history_tree_is_built_only_when_a_removed_series_is_needed(fs_store
 
     run(fs_store, tmp_path, versions)
     idx.close()
+
+    async def background(fs: Filesystem) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.prepare_histories)
+            part = (await fs.lookup(ROOT_INODE, "p")).ino
+            ps = fs.parts[fs_store.partition("p").id]
+            await fs.readdir(await fs.opendir(part), 0)
+            with trio.fail_after(30):
+                while ps.history is None:
+                    await trio.sleep(0.01)
+            assert ps.history.dir("gone.txt") is not None and ps.heads[gone_base[0]].tombstone
+            nursery.cancel_scope.cancel()
+
+    run(fs_store, tmp_path, background)
 
 
 def test_a_big_sparse_file_spills_to_an_unnamed_file(fs_store: Store, tmp_path: Path) -> None:

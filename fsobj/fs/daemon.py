@@ -305,6 +305,7 @@ async def _main(fs: Filesystem, ready: Callable[[], None] | None, config: MountC
     async with trio.open_nursery() as nursery:
         await nursery.start(fs.committer.run)
         await nursery.start(fs.watch)
+        await nursery.start(fs.prepare_histories)
         nursery.start_soon(_on_signals, fs)
         if ready is not None:
             ready()

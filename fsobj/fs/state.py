@@ -99,6 +99,8 @@ class PartState:
     name: str
     lock: trio.Lock = field(default_factory=trio.Lock)  # namespace lock
     build_lock: trio.Lock = field(default_factory=trio.Lock)
+    history_lock: trio.Lock = field(default_factory=trio.Lock)  # apart: a long history build never holds up the tree
+    warmed: bool = False  # its history was queued for the background build once (prepare_histories)
     tree: PartitionTree | None = None
     history: HistoryTree | None = None
     heads: dict[bytes, ListEntry] = field(default_factory=dict)  # baseHash -> head, deleted ones too
@@ -174,6 +176,10 @@ class MountState:
         self.notify: Callable[[list[Stale]], None] | None = None
         self._stale: list[Stale] = []
         self._stale_wake = trio.Event()
+        # partitions whose .versions tree prepare_histories builds in the background
+        self._to_prepare: tuple[trio.MemorySendChannel[PartState], trio.MemoryReceiveChannel[PartState]] = (
+            trio.open_memory_channel(float("inf"))
+        )
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
@@ -347,18 +353,35 @@ class MountState:
             async with ps.build_lock:
                 if ps.tree is None:
                     await self._build(ps)
+                    if not ps.warmed:  # the first use since the mount: .versions gets ready meanwhile
+                        ps.warmed = True
+                        self._to_prepare[0].send_nowait(ps)
         assert ps.tree is not None
         return ps.tree
 
     async def _history(self, ps: PartState) -> HistoryTree:
-        """The partition's ``.versions`` tree, built on first use: it lists every series
-        ever written, removed ones too, so the live tree does not pay for it."""
+        """The partition's ``.versions`` tree. It lists every series ever written, removed
+        ones too, so the live tree never waits for it: built in the background after the
+        partition's first use (:meth:`prepare_histories`), else on demand."""
         while ps.history is None:
             tree = await self._tree(ps)
-            async with ps.build_lock:
-                if ps.tree is tree and ps.history is None:  # (a reload meanwhile: build on the new tree)
-                    await self._build_history(ps)
+            async with ps.history_lock:
+                if ps.tree is tree and ps.history is None:
+                    await self._build_history(ps, tree)
         return ps.history
+
+    async def prepare_histories(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background task: build the ``.versions`` tree of each partition after its first
+        use since the mount, so that the first listing of ``.versions`` does not wait for a
+        listing of the partition's whole history. After a reload (another process changed
+        the partition) it is built again only when used."""
+        task_status.started()
+        async for ps in self._to_prepare[1]:
+            try:
+                if self.parts.get(ps.pid) is ps:
+                    await self._history(ps)
+            except Exception:
+                log.exception("preparing the history of partition %s failed", ps.name)
 
     async def _build(self, ps: PartState) -> None:
         """The live tree and heads, from the live series only (their count, not the
@@ -382,19 +405,25 @@ class MountState:
             tree.remove(base_hash)
         ps.tree, ps.history, ps.heads = tree, None, heads
 
-    async def _build_history(self, ps: PartState) -> None:
-        """Every series at its latest path, removed ones too (build_lock held). The heads
-        of removed series join ``heads`` (their last owner and mode guard their history)."""
+    async def _build_history(self, ps: PartState, tree: PartitionTree) -> None:
+        """Every series at its latest path, removed ones too (history_lock held), for the
+        live ``tree``; dropped if a reload replaced it meanwhile. The heads of removed
+        series join ``heads`` (their last owner and mode guard their history)."""
 
-        def listing() -> tuple[int, list[ListEntry]]:
-            return self.store.generation(), self.store.list(ps.pid, include_deleted=True)
+        def listing() -> tuple[int, HistoryTree, list[ListEntry]]:
+            gen = self.store.generation()
+            history, removed = HistoryTree(), []
+            for e in self.store.list(ps.pid, include_deleted=True):
+                history.set(e.base_hash, e.sort_key)
+                if e.tombstone:
+                    removed.append(e)
+            return gen, history, removed
 
-        gen, entries = await self._thread(listing)
-        history = HistoryTree()
-        for e in entries:
-            history.set(e.base_hash, e.sort_key)
-            if e.tombstone and e.base_hash not in ps.heads:
-                ps.heads[e.base_hash] = e
+        gen, history, removed = await self._thread(listing)  # the tree is built there too: off the loop
+        if ps.tree is not tree:
+            return
+        for e in removed:
+            ps.heads.setdefault(e.base_hash, e)
         for g, pid, e in self._recent:  # own commits the listing may predate
             if pid == ps.pid and g > gen:
                 history.set(e.base_hash, e.sort_key)
