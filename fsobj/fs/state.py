@@ -57,6 +57,7 @@ TYPE_BITS = {
     "blockdev": stat.S_IFBLK,
 }
 TYPE_OF_BITS = {bits: name for name, bits in TYPE_BITS.items()}
+HISTORY_DELAY = 2.0  # s after a partition's first use until its .versions tree is built in the background
 EXACT_SUFFIX = "@exact"  # .objects/<hash>@exact: that very version, even if it is a baseHash
 VERSION_CACHE = 16384
 SETTLED_REFS = 65536  # new files' int refs remembered after their first commit (_resolve)
@@ -176,10 +177,10 @@ class MountState:
         self.notify: Callable[[list[Stale]], None] | None = None
         self._stale: list[Stale] = []
         self._stale_wake = trio.Event()
-        # partitions whose .versions tree prepare_histories builds in the background
-        self._to_prepare: tuple[trio.MemorySendChannel[PartState], trio.MemoryReceiveChannel[PartState]] = (
-            trio.open_memory_channel(float("inf"))
-        )
+        # (partition, when) whose .versions tree prepare_histories builds in the background
+        self._to_prepare: tuple[
+            trio.MemorySendChannel[tuple[PartState, float]], trio.MemoryReceiveChannel[tuple[PartState, float]]
+        ] = trio.open_memory_channel(float("inf"))
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
@@ -353,9 +354,9 @@ class MountState:
             async with ps.build_lock:
                 if ps.tree is None:
                     await self._build(ps)
-                    if not ps.warmed:  # the first use since the mount: .versions gets ready meanwhile
+                    if not ps.warmed:  # the first use since the mount: .versions gets ready soon after
                         ps.warmed = True
-                        self._to_prepare[0].send_nowait(ps)
+                        self._to_prepare[0].send_nowait((ps, trio.current_time() + HISTORY_DELAY))
         assert ps.tree is not None
         return ps.tree
 
@@ -371,12 +372,14 @@ class MountState:
         return ps.history
 
     async def prepare_histories(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background task: build the ``.versions`` tree of each partition after its first
-        use since the mount, so that the first listing of ``.versions`` does not wait for a
-        listing of the partition's whole history. After a reload (another process changed
-        the partition) it is built again only when used."""
+        """Background task: build the ``.versions`` tree of each partition ``HISTORY_DELAY``
+        after its first use since the mount, so that the first listing of ``.versions``
+        does not wait for a listing of the partition's whole history, and the first
+        commands after a mount do not share the interpreter with it. After a reload
+        (another process changed the partition) it is built again only when used."""
         task_status.started()
-        async for ps in self._to_prepare[1]:
+        async for ps, when in self._to_prepare[1]:
+            await trio.sleep_until(when)
             try:
                 if self.parts.get(ps.pid) is ps:
                     await self._history(ps)
