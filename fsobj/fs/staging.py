@@ -121,7 +121,7 @@ class Staging:
             self._mem[off:end] = data
         else:
             assert self._file is not None
-            os.pwrite(self._file.fileno(), data, off)
+            pwrite_all(self._file.fileno(), data, off)
         self._written(off, end)
 
     def write_elsewhere(self, off: int, n: int) -> None:
@@ -153,7 +153,7 @@ class Staging:
     def _spill(self) -> None:
         assert self._mem is not None
         f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="fsobj-staging-")
-        os.pwrite(f.fileno(), self._mem, 0)
+        pwrite_all(f.fileno(), self._mem, 0)
         self._file, self._mem = f, None  # type: ignore[assignment]
 
     def release(self) -> bool:
@@ -171,10 +171,8 @@ class Staging:
         assert self._file is not None and self.released
         pos = 0
         for data in content:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self._file.fileno(), view, pos)
-                view, pos = view[n:], pos + n
+            pwrite_all(self._file.fileno(), data, pos)
+            pos += len(data)
         if pos != self.size:
             raise OSError(errno.EIO, f"restored {pos} of {self.size} staged bytes")
         self.released = False
@@ -245,6 +243,14 @@ class Staging:
         if self.size == 0:
             return b""
         return None
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
+    """Write all of ``data`` at ``off`` (``pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n
 
 
 class _Bounded(io.RawIOBase):

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 
 from fsobj import crypto
+from fsobj.fs.staging import pwrite_all
 from fsobj.model.header import ChunkRef
 from fsobj.store import PartitionView, Store
 from fsobj.store.payload import WrittenPayload
@@ -336,14 +337,14 @@ class PayloadStream:
                 continue
             assert self._keys is not None and off <= end
             plain = self.store.payloads.read_chunk(ref, self._keys, self.view.id)
-            _pwrite_all(self._spill_fd, memoryview(plain)[end - off :], end)
+            pwrite_all(self._spill_fd, memoryview(plain)[end - off :], end)
             end = off + ref.length
         for p in sorted(pieces, key=lambda p: p.off):
             if p.off + len(p.data) <= end:
                 continue
             if p.off > end:
                 break
-            _pwrite_all(self._spill_fd, memoryview(p.data)[end - p.off :], end)
+            pwrite_all(self._spill_fd, memoryview(p.data)[end - p.off :], end)
             end = p.off + len(p.data)
         if end < self.pos:
             raise OSError(errno.EIO, f"the staged bytes from {end} to {self.pos} were lost")
@@ -362,9 +363,3 @@ def _assemble(start: int, end: int, pieces: list[_Piece]) -> bytes | None:
         out += memoryview(p.data)[pos - p.off : min(end, p_end) - p.off]
         pos = min(end, p_end)
     return bytes(out) if pos >= end else None
-
-
-def _pwrite_all(fd: int, view: memoryview, off: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, off)
-        view, off = view[n:], off + n
