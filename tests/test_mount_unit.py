@@ -314,13 +314,10 @@ def test_a_big_sparse_file_spills_to_an_unnamed_file(fs_store: Store, tmp_path: 
     run(fs_store, tmp_path, scenario)
 
 
-def test_sequential_writes_stream_the_payload_and_others_fall_back(
-    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _spy_streamed(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, per commit that had a stream, whether it used the stream's payload."""
     from fsobj.fs import work
 
-    data = os.urandom(6 * 1024 * 1024 + 5)
-    piece = 128 * 1024
     streamed: list[bool] = []
     real = work._streamed
 
@@ -330,6 +327,16 @@ def test_sequential_writes_stream_the_payload_and_others_fall_back(
         return out
 
     monkeypatch.setattr(work, "_streamed", spy)
+    return streamed
+
+
+def test_sequential_writes_stream_the_payload_and_others_fall_back(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    piece = 128 * 1024
+    streamed = _spy_streamed(monkeypatch)
 
     async def write_all(fs: Filesystem, fh: int, blob: bytes) -> None:
         for off in range(0, len(blob), piece):
@@ -475,19 +482,10 @@ def test_streamed_appends_are_not_copied_to_the_spill_file_and_reads_see_them(
     """Past the in-memory staging, a stream's appends never reach the spill file when the
     commit uses its payload; a read of the open file gets them from the stream (held
     pieces, queued pieces or stored chunks read back) and does not end it."""
-    from fsobj.fs import work
     from fsobj.fs.staging import MEMORY_LIMIT
 
     data = os.urandom(24 * 1024 * 1024 + 11)
-    streamed: list[bool] = []
-    real = work._streamed
-
-    def spy(store: Store, job: work.DataJob) -> object:
-        out = real(store, job)
-        streamed.append(out is not None)
-        return out
-
-    monkeypatch.setattr(work, "_streamed", spy)
+    streamed = _spy_streamed(monkeypatch)
 
     async def scenario(fs: Filesystem) -> None:
         part = (await fs.lookup(ROOT_INODE, "p")).ino

@@ -53,6 +53,14 @@ class _Aborted(Exception):
     pass
 
 
+class _Gap(Exception):
+    """No stored chunk or piece holds the byte at ``pos``."""
+
+    def __init__(self, pos: int) -> None:
+        super().__init__(pos)
+        self.pos = pos
+
+
 _EOF = object()
 _ABORT = object()
 _NO_QUEUE: queue.Queue[object] = queue.Queue(0)  # shared placeholder: always empty, never put to
@@ -212,32 +220,40 @@ class PayloadStream:
             with self._lock:
                 stored = [(off, ref) for off, ref in self._stored if off < end and off + ref.length > start]
                 pieces = [*self._held, *queued, *self._late]
-            out = _assemble(start, end, pieces)
-            if out is None and stored and stored[0][0] <= start:
-                out = self._from_chunks(start, end, stored, pieces)
-            if out is not None:
-                return out
+            for use in ([], stored):  # the pieces alone first: then no chunk is read back
+                try:
+                    return b"".join(view for _, view in self._segments(start, end, use, pieces))
+                except _Gap:
+                    continue
             time.sleep(0.001)  # the thread had taken a piece off the queue but not yet held it
         raise OSError(errno.EIO, f"the staged bytes from {start} to {end} are not in the stream")
 
-    def _from_chunks(
+    def _segments(
         self, start: int, end: int, stored: list[tuple[int, ChunkRef]], pieces: list[_Piece]
-    ) -> bytes | None:
-        assert self._keys is not None
-        out = bytearray()
+    ) -> Iterator[tuple[int, memoryview]]:
+        """The bytes of [start, end) in order, as (offset, view): from the stored chunks
+        (read back and verified) as far as they reach, then from the pieces (in any order,
+        overlapping). Raises :class:`_Gap` where neither has the next byte."""
         pos = start
         for off, ref in stored:
-            if off > pos:
-                return None
-            plain = self.store.payloads.read_chunk(ref, self._keys, self.view.id)
-            out += memoryview(plain)[pos - off : min(end, off + ref.length) - off]
-            pos = min(end, off + ref.length)
+            if off + ref.length <= pos:
+                continue
+            if off > pos or pos >= end:
+                break
+            assert self._keys is not None
+            stop = min(end, off + ref.length)
+            yield pos, memoryview(self.store.payloads.read_chunk(ref, self._keys, self.view.id))[pos - off : stop - off]
+            pos = stop
+        for p in sorted(pieces, key=lambda p: p.off):
+            if p.off + len(p.data) <= pos:
+                continue
+            if p.off > pos or pos >= end:
+                break
+            stop = min(end, p.off + len(p.data))
+            yield pos, memoryview(p.data)[pos - p.off : stop - p.off]
+            pos = stop
         if pos < end:
-            rest = _assemble(pos, end, pieces)
-            if rest is None:
-                return None
-            out += rest
-        return bytes(out)
+            raise _Gap(pos)
 
     # ------------------------------------------------------------ ending
     def finish(self) -> WrittenPayload | None:
@@ -331,35 +347,8 @@ class PayloadStream:
             self.close()
 
     def _write_owed(self, pieces: list[_Piece]) -> None:
-        end = self._owed_from
-        for off, ref in self._stored:
-            if off + ref.length <= end:
-                continue
-            assert self._keys is not None and off <= end
-            plain = self.store.payloads.read_chunk(ref, self._keys, self.view.id)
-            pwrite_all(self._spill_fd, memoryview(plain)[end - off :], end)
-            end = off + ref.length
-        for p in sorted(pieces, key=lambda p: p.off):
-            if p.off + len(p.data) <= end:
-                continue
-            if p.off > end:
-                break
-            pwrite_all(self._spill_fd, memoryview(p.data)[end - p.off :], end)
-            end = p.off + len(p.data)
-        if end < self.pos:
-            raise OSError(errno.EIO, f"the staged bytes from {end} to {self.pos} were lost")
-
-
-def _assemble(start: int, end: int, pieces: list[_Piece]) -> bytes | None:
-    """[start, end) from ``pieces`` (in any order, overlapping), None if they leave a gap."""
-    out = bytearray()
-    pos = start
-    for p in sorted(pieces, key=lambda p: p.off):
-        p_end = p.off + len(p.data)
-        if p_end <= pos:
-            continue
-        if p.off > pos or pos >= end:
-            break
-        out += memoryview(p.data)[pos - p.off : min(end, p_end) - p.off]
-        pos = min(end, p_end)
-    return bytes(out) if pos >= end else None
+        try:
+            for off, view in self._segments(self._owed_from, self.pos, self._stored, pieces):
+                pwrite_all(self._spill_fd, view, off)
+        except _Gap as gap:
+            raise OSError(errno.EIO, f"the staged bytes from {gap.pos} to {self.pos} were lost") from None
