@@ -185,15 +185,37 @@ def envelope_epoch(blob: bytes, blob_id: bytes) -> tuple[int, int]:
     return kind, epoch
 
 
-def open_blob(blob: bytes, kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes) -> bytes:
-    """Decrypt and authenticate an envelope. Any mismatch is an IntegrityError."""
+def _opening(
+    blob: bytes | memoryview, kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes
+) -> tuple[bytes, bytes]:
+    """(nonce, associated data) of an envelope, after checking its head."""
     got_kind, epoch = envelope_epoch(blob, blob_id)
     if got_kind != kind or epoch != keys.epoch:
         raise IntegrityError(f"blob {blob_id.hex()} is not the expected kind or key epoch")
-    head = blob[:ENVELOPE_HEAD_LEN]
-    nonce = head[_ENV_HEAD.size :]
+    head = bytes(blob[:ENVELOPE_HEAD_LEN])
+    return head[_ENV_HEAD.size :], head + partition_id + blob_id
+
+
+def open_blob(blob: bytes, kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes) -> bytes:
+    """Decrypt and authenticate an envelope. Any mismatch is an IntegrityError."""
+    nonce, aad = _opening(blob, kind, keys, partition_id, blob_id)
     try:
-        return AESGCM(keys.blob_key).decrypt(nonce, memoryview(blob)[ENVELOPE_HEAD_LEN:], head + partition_id + blob_id)
+        return AESGCM(keys.blob_key).decrypt(nonce, memoryview(blob)[ENVELOPE_HEAD_LEN:], aad)
+    except InvalidTag as e:
+        raise IntegrityError(f"blob {blob_id.hex()} failed authentication") from e
+
+
+def open_blob_into(
+    blob: memoryview, kind: int, keys: EpochKeys, partition_id: bytes, blob_id: bytes, out: memoryview
+) -> None:
+    """:func:`open_blob` into ``out``, which must be exactly the plaintext's size
+    (``len(blob) - ENVELOPE_OVERHEAD``). On any error ``out`` holds no plaintext
+    the caller may use: it raises before returning."""
+    nonce, aad = _opening(blob, kind, keys, partition_id, blob_id)
+    if len(out) != len(blob) - ENVELOPE_OVERHEAD:
+        raise IntegrityError(f"blob {blob_id.hex()} has the wrong length")
+    try:
+        AESGCM(keys.blob_key).decrypt_into(nonce, blob[ENVELOPE_HEAD_LEN:], aad, out)
     except InvalidTag as e:
         raise IntegrityError(f"blob {blob_id.hex()} failed authentication") from e
 

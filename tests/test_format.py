@@ -196,15 +196,67 @@ def _positions() -> list[int]:
     return [*range(23), 23, n // 2, n - 17, n - 16, n - 1]
 
 
+def _open_into(blob: bytes, kind: int, k: crypto.EpochKeys, pid: bytes, blob_id: bytes) -> bytes:
+    """``open_blob_into`` as the read arena calls it: a view into a bigger buffer."""
+    out = bytearray(len(blob) + 100)
+    view = memoryview(out)[50 : 50 + len(blob) - crypto.ENVELOPE_OVERHEAD]
+    crypto.open_blob_into(memoryview(blob), kind, k, pid, blob_id, view)
+    assert out[:50] == bytes(50) and out[50 + len(view) :] == bytes(len(out) - 50 - len(view))
+    return bytes(view)
+
+
+def test_open_blob_into_gives_the_vector_plaintext_and_wants_its_exact_size():
+    c = V["chunk"]
+    blob, cid = h(c["blob"]), h(c["chunk_id"])
+    assert _open_into(blob, crypto.KIND_CHUNK, keys(), PID, cid) == h(c["plaintext"])
+    for size in (len(blob) - crypto.ENVELOPE_OVERHEAD - 1, len(blob) - crypto.ENVELOPE_OVERHEAD + 1):
+        with pytest.raises(IntegrityError):
+            crypto.open_blob_into(memoryview(blob), crypto.KIND_CHUNK, keys(), PID, cid, memoryview(bytearray(size)))
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["open_blob", "open_blob_into"])
 @pytest.mark.parametrize("pos", _positions())
-def test_envelope_with_a_flipped_byte_is_refused(pos):
+def test_envelope_with_a_flipped_byte_is_refused(pos, into):
     c = V["chunk"]
     blob = bytearray(h(c["blob"]))
     blob[pos] ^= 0x01
     # the version (offset 4) and alg (offset 6) bytes name an unknown format
     expected = FormatError if pos in (4, 6) else IntegrityError
     with pytest.raises(expected):
-        crypto.open_blob(bytes(blob), crypto.KIND_CHUNK, keys(), PID, h(c["chunk_id"]))
+        (_open_into if into else crypto.open_blob)(bytes(blob), crypto.KIND_CHUNK, keys(), PID, h(c["chunk_id"]))
+
+
+def test_read_chunk_into_reads_rows_and_files_and_refuses_what_is_not_the_chunk(tmp_path):
+    """The arena's chunk read: from a row of small.sqlite and from a file, into a
+    view; a missing blob, a longer blob or one under another id is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fsobj.blobs.local import SMALL_BLOB_MAX, LocalBlobStore
+    from fsobj.model.header import ChunkRef
+    from fsobj.store.payload import PayloadIO
+
+    blobs = LocalBlobStore.create(tmp_path)
+    k = keys()
+    with ThreadPoolExecutor(1) as pool:
+        io_ = PayloadIO(blobs, pool)
+        for size in (1000, SMALL_BLOB_MAX * 3):
+            plain = bytes(range(256)) * (size // 256)
+            cid = k.chunk_id(plain)
+            ref = ChunkRef(cid, len(plain))
+            with pytest.raises(IntegrityError, match="missing"):
+                io_.read_chunk_into(ref, k, PID, memoryview(bytearray(len(plain))))
+            sealed = crypto.seal_blob(crypto.KIND_CHUNK, k, PID, cid, plain)
+            blobs.put(cid, sealed + b"x")  # one byte too many
+            with pytest.raises(IntegrityError, match="wrong length"):
+                io_.read_chunk_into(ref, k, PID, memoryview(bytearray(len(plain))))
+            blobs.put(cid, sealed, replace=True)
+            out = bytearray(len(plain) + 10)
+            assert bytes(io_.read_chunk_into(ref, k, PID, memoryview(out)[5 : 5 + len(plain)])) == plain
+            assert out[5 : 5 + len(plain)] == plain
+            other = k.chunk_id(plain + b"!")  # sealed for its id, but not the hash of its bytes
+            blobs.put(other, crypto.seal_blob(crypto.KIND_CHUNK, k, PID, other, plain))
+            with pytest.raises(IntegrityError, match="does not match its id"):
+                io_.read_chunk_into(ChunkRef(other, len(plain)), k, PID, memoryview(bytearray(len(plain))))
 
 
 def test_envelope_bound_to_partition_id_kind_and_key():

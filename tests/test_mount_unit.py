@@ -764,3 +764,80 @@ def test_the_reader_hints_blobs_ahead_only_for_sequential_reads(fs_store: Store)
         reader.close()
 
     trio.run(main)
+
+
+def _big_version(fs_store: Store, size: int, seed: int) -> tuple[bytes, object, object, list[int]]:
+    import random
+
+    data = random.Random(seed).randbytes(size)
+    version = fs_store.put("p", f"big{seed}", data)
+    view = fs_store.partition(version.header.partition)
+    refs = fs_store.payloads.chunk_refs(version.header, view.epoch_keys(version.header.epoch))
+    return data, version, view, [r.id for r in refs]
+
+
+def test_a_sequential_reader_answers_reads_across_chunks_with_slices_of_its_arena(
+    fs_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file four times the arena, read twice. One read at a time: each answer
+    crossing no wrap of the arena is one slice of it (no join). Then reads in
+    flight together and answered out of order, as the kernel's read-ahead sends
+    them, with a random read among them: each answer is right when it is given,
+    and an answer asked to be kept stays right while the arena is reused."""
+    from fsobj.fs import reader as reader_mod
+
+    monkeypatch.setattr(reader_mod, "ARENA", 8 * 1024 * 1024)
+    data, version, view, _ = _big_version(fs_store, 32 * 1024 * 1024, 6)
+    reader = reader_mod.PayloadReader(fs_store, view, version)
+    mib = 1024 * 1024
+    slices = []
+
+    async def read_checked(off: int) -> None:
+        out = await reader.read(off, mib)
+        assert bytes(out) == data[off : off + mib], f"read at {off} is wrong"  # before any other task runs
+        slices.append(isinstance(out, memoryview) and out.obj is reader._arena)
+
+    async def main() -> None:
+        for i in range(32):
+            await read_checked(i * mib)
+        assert sum(slices) >= 32 - 3, slices  # the wraps at 8, 16 and 24 MiB may need a join
+        kept = await reader.read(3 * mib + 5, 2 * mib, keep=True)
+        assert isinstance(kept, bytes)
+        for group in range(0, 32, 4):
+            async with trio.open_nursery() as n:
+                for k in (3, 1, 0, 2):
+                    n.start_soon(read_checked, (group + k) * mib)
+            if group == 8:
+                assert bytes(await reader.read(17 * mib + 77, 1000)) == data[17 * mib + 77 : 17 * mib + 1077]
+        assert kept == data[3 * mib + 5 : 5 * mib + 5]
+        reader.close()
+
+    trio.run(main)
+
+
+def test_a_damaged_chunk_read_into_the_arena_fails_and_its_bytes_are_never_answered(fs_store: Store) -> None:
+    """A chunk blob with one flipped bit, read ahead into the arena: the read that
+    needs it raises IntegrityError, every read before it is right, and asking again
+    raises again (its place in the arena is not taken for data)."""
+    data, version, view, ids = _big_version(fs_store, 12 * 1024 * 1024, 7)
+    from fsobj.fs.reader import PayloadReader
+
+    refs = fs_store.payloads.chunk_refs(version.header, view.epoch_keys(version.header.epoch))
+    bad = 5
+    blobfiles.flip(fs_store.root, ids[bad], 100)
+    start = sum(r.length for r in refs[:bad])
+    reader = PayloadReader(fs_store, view, version)
+
+    async def main() -> None:
+        pos = 0
+        while pos + 256 * 1024 <= start:
+            assert bytes(await reader.read(pos, 256 * 1024)) == data[pos : pos + 256 * 1024]
+            pos += 256 * 1024
+        for _ in range(2):
+            with pytest.raises(IntegrityError):
+                await reader.read(start + 10, 4096)
+        after = start + refs[bad].length
+        assert bytes(await reader.read(after, 4096)) == data[after : after + 4096]
+        reader.close()
+
+    trio.run(main)

@@ -35,6 +35,13 @@ class BlobStore(Protocol):
         expects, a hint only (a blob of another size is still returned)."""
         ...
 
+    def get_into(self, blob_id: bytes, buf: memoryview) -> int:
+        """Read the blob into ``buf`` and return its length; ``NotFoundError`` if
+        absent. A blob longer than ``buf`` fills it and returns ``len(buf)``, so a
+        caller that expects ``n`` bytes passes ``n + 1`` and refuses any other
+        answer. Saves a fresh buffer per read (a chunk read's scratch is reused)."""
+        ...
+
     def exists(self, blob_id: bytes) -> bool: ...
 
     def prefetch(self, blob_id: bytes) -> None:

@@ -341,6 +341,37 @@ class LocalBlobStore:
         finally:
             os.close(fd)
 
+    def get_into(self, blob_id: bytes, buf: memoryview) -> int:
+        """:meth:`get` into ``buf``: where a blob of ``len(buf) - 1`` bytes would be
+        kept is looked at first."""
+        big = len(buf) > SMALL_BLOB_MAX + 1
+        got = self._read_file_into(blob_id, buf) if big else None
+        if got is not None:
+            return got
+        data = self.small.get(blob_id)
+        if data is not None:
+            got = min(len(data), len(buf))
+            buf[:got] = data[:got]
+            return got
+        got = None if big else self._read_file_into(blob_id, buf)
+        if got is None:
+            raise NotFoundError(f"blob {blob_id.hex()} is missing from the store")
+        return got
+
+    def _read_file_into(self, blob_id: bytes, buf: memoryview) -> int | None:
+        """Fill ``buf`` from a blob file (None if there is none); the bytes read."""
+        try:
+            fd = os.open(self._file(blob_id), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            got = 0
+            while got < len(buf) and (n := os.readv(fd, [buf[got:]])):
+                got += n
+            return got
+        finally:
+            os.close(fd)
+
     def exists(self, blob_id: bytes) -> bool:
         # the file first: a commit checks every chunk its version names, and the chunks
         # of a big file are files (one stat each, instead of a query and a stat)

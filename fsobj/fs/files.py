@@ -120,15 +120,16 @@ class FileOps(MountState):
                 if p.kind == DIRTY:
                     out.append(of.staging.read_dirty(p.start, p.end - p.start))
                 elif p.kind == BASE:
-                    out.append(await self._read_base(of, p.start, p.end - p.start))
+                    out.append(await self._read_base(of, p.start, p.end - p.start, keep=True))
                 else:
                     out.append(bytes(p.end - p.start))
             out.append(owed)
             return b"".join(out)
 
-    async def _read_base(self, of: OpenFile, off: int, size: int) -> bytes | memoryview:
+    async def _read_base(self, of: OpenFile, off: int, size: int, keep: bool = False) -> bytes | memoryview:
+        """The committed version's bytes; without ``keep`` valid until the next ``await``."""
         reader = of.reader(self.store, self._view(of))
-        return await reader.read(off, size, self.limiter) if reader is not None else b""
+        return await reader.read(off, size, self.limiter, keep) if reader is not None else b""
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
         h, of = self._file(fh)
@@ -227,6 +228,7 @@ class FileOps(MountState):
                 log.error("%s could not be committed; its data is kept until a commit succeeds", of.sort_key)
                 return
         of.drop_staging()
+        of.close_reader()
         del self.files[of.ino]
         if of.base is not None and not of.dirty:
             self.page_cache[of.ino] = of.base.hash

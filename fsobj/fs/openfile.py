@@ -82,6 +82,12 @@ class OpenFile:
             self._reader = PayloadReader(store, view, self.base)
         return self._reader
 
+    def close_reader(self) -> None:
+        """The last handle is gone: stop its read-ahead and free its buffers."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def ensure_staging(self, spill_dir: str | None) -> Staging:
         if self.staging is None:
             self.staging = Staging(self.base.length if self.base is not None else 0, spill_dir)

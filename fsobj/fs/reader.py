@@ -10,6 +10,15 @@ asked for, and each fetch first hints the blob ``PREFETCH`` chunks further on
 (``BlobStore.prefetch``); random reads hint nothing. The whole-payload
 checksum is not re-checked here: every chunk is authenticated on its own, and
 the chunk list comes from the verified header.
+
+A sequential reader decrypts into its *arena*: one buffer in which each chunk
+sits at its payload offset modulo the arena's size, so neighbouring chunks lie
+side by side and a read across them is answered with one slice, neither joined
+nor freshly allocated. Rules that keep a slice valid (all on the trio thread):
+a chunk's region is given to another chunk only when nothing holds the chunk
+(no fetch in flight, no reader waiting for it or pinning it); a read pins its
+chunks until it returns; pyfuse3 copies the reply before any other task runs.
+Callers that keep bytes across an ``await`` ask for a copy (``keep=True``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import TypeVar
 
 import trio
 
+from fsobj import chunking
 from fsobj.model.header import ChunkRef
 from fsobj.store import PartitionView, Store, Version
 from fsobj.store.payload import PREFETCH
@@ -29,6 +39,7 @@ from fsobj.store.payload import PREFETCH
 CACHE_CHUNKS = 12
 READ_AHEAD = 8
 INLINE_CHUNK = 64 * 1024  # a single chunk up to this size is read on the trio thread
+ARENA = 16 * 1024 * 1024  # a sequential reader's chunks are decrypted into this much memory (plus MAX_SIZE)
 
 T = TypeVar("T")
 
@@ -60,9 +71,13 @@ class PayloadReader:
         self.length = version.length
         self._refs: list[ChunkRef] | None = None
         self._offsets: list[int] = []
-        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._pending: dict[int, Future[bytes]] = {}
+        self._cache: collections.OrderedDict[int, bytes | memoryview] = collections.OrderedDict()
+        self._pending: dict[int, Future[bytes] | Future[memoryview]] = {}
         self._waiting: collections.Counter[int] = collections.Counter()  # readers awaiting a pending chunk
+        self._pins: collections.Counter[int] = collections.Counter()  # reads holding a chunk's bytes
+        self._arena: bytearray | None = None
+        self._ring = 0  # a chunk at payload offset o sits at o % _ring in the arena
+        self._where: dict[int, int] = {}  # chunk -> its start in the arena, until another chunk takes the place
         self._last = -2
 
     # ------------------------------------------------------------ chunk list
@@ -78,19 +93,53 @@ class PayloadReader:
             pos += r.length
         self._offsets, self._refs = offsets, refs
 
-    def _submit(self, i: int, hint_until: int = -1) -> Future[bytes]:
+    def _submit(self, i: int, hint_until: int = -1, arena: bool = False) -> Future[bytes] | Future[memoryview]:
         """Fetch chunk ``i`` in the pool; a sequential reader (``hint_until``: the last
-        chunk it will want) also hints the blob ``PREFETCH`` chunks further on."""
+        chunk it will want) also hints the blob ``PREFETCH`` chunks further on.
+        ``arena``: into the arena if its place there is free (trio thread only)."""
         assert self._refs is not None
         keys = self.view.epoch_keys(self.version.header.epoch)
         j = i + PREFETCH
         ahead = self._refs[j] if j <= hint_until else None
-        return self.store.payloads.pool.submit(self.store.payloads.read_chunk, self._refs[i], keys, self.view.id, ahead)
+        payloads = self.store.payloads
+        start = self._place(i) if arena else None
+        if start is None:
+            return payloads.pool.submit(payloads.read_chunk, self._refs[i], keys, self.view.id, ahead)
+        assert self._arena is not None
+        out = memoryview(self._arena)[start : start + self._refs[i].length]
+        return payloads.pool.submit(payloads.read_chunk_into, self._refs[i], keys, self.view.id, out, ahead)
+
+    def _place(self, i: int) -> int | None:
+        """Where chunk ``i`` goes in the arena, taking the place from the chunks there
+        that nothing holds; None if one is held (the chunk then gets its own buffer)."""
+        assert self._refs is not None
+        if self._arena is None:
+            if len(self._refs) < 2:
+                return None
+            self._ring = min(ARENA, self.length)
+            self._arena = bytearray(self._ring + (chunking.MAX_SIZE if self.length > self._ring else 0))
+        a = self._offsets[i] % self._ring
+        b = a + self._refs[i].length
+        if b > len(self._arena):
+            return None
+        overlapping = [j for j, ja in self._where.items() if ja < b and a < ja + self._refs[j].length]
+        for j in overlapping:
+            fut = self._pending.get(j)
+            if self._pins[j] or self._waiting[j] or (fut is not None and not fut.done()):
+                return None
+        for j in overlapping:
+            del self._where[j]
+            self._cache.pop(j, None)
+            self._pending.pop(j, None)  # done, and nobody waits: read-ahead given up
+        self._where[i] = a
+        return a
 
     # ------------------------------------------------------------ async reads
-    async def read(self, off: int, n: int, limiter: trio.CapacityLimiter | None = None) -> bytes | memoryview:
-        """Bytes [off, off+n) clipped to the payload; a view into a cached chunk when the
-        range lies in one chunk (no copy)."""
+    async def read(
+        self, off: int, n: int, limiter: trio.CapacityLimiter | None = None, keep: bool = False
+    ) -> bytes | memoryview:
+        """Bytes [off, off+n) clipped to the payload. Without ``keep`` the answer may be
+        a view into the cache or the arena, valid until the caller's next ``await``."""
         end = min(off + n, self.length)
         if off >= end:
             return b""
@@ -102,20 +151,47 @@ class PayloadReader:
                 self.load_refs()  # an inline chunk list: no I/O
             else:
                 await trio.to_thread.run_sync(self.load_refs, limiter=limiter)
-        out = []
-        pos = off
-        while pos < end:
-            i = bisect.bisect_right(self._offsets, pos) - 1
-            chunk = await self._chunk(i)
-            s = pos - self._offsets[i]
-            piece = memoryview(chunk)[s : s + (end - pos)]
-            out.append(piece)
-            pos += len(piece)
-        return out[0] if len(out) == 1 else b"".join(out)
+        first = bisect.bisect_right(self._offsets, off) - 1
+        last = bisect.bisect_right(self._offsets, end - 1) - 1
+        chunks: list[bytes | memoryview] = []
+        try:
+            for i in range(first, last + 1):
+                chunks.append(await self._chunk(i))
+                self._pins[i] += 1  # its place in the arena stays its own until this read returns
+            lo = off - self._offsets[first]
+            if self._side_by_side(first, last, chunks):
+                assert self._arena is not None
+                a = self._where[first] + lo
+                out: bytes | memoryview = memoryview(self._arena)[a : a + (end - off)]
+            elif first == last:
+                out = memoryview(chunks[0])[lo : lo + (end - off)]
+            else:
+                pieces = [memoryview(c) for c in chunks]
+                pieces[0] = pieces[0][lo:]
+                pieces[-1] = pieces[-1][: end - self._offsets[last]]
+                return b"".join(pieces)
+            return bytes(out) if keep and isinstance(chunks[0], memoryview) else out
+        finally:
+            for i in range(first, first + len(chunks)):
+                self._pins[i] -= 1
+                if not self._pins[i]:
+                    del self._pins[i]
 
-    async def _chunk(self, i: int) -> bytes:
+    def _side_by_side(self, first: int, last: int, chunks: list[bytes | memoryview]) -> bool:
+        """Chunks ``first..last`` lie one after another in the arena."""
+        if not isinstance(chunks[0], memoryview) or first not in self._where:
+            return False
+        assert self._refs is not None
+        pos = self._where[first]
+        for i, c in zip(range(first, last + 1), chunks, strict=True):
+            if not isinstance(c, memoryview) or self._where.get(i) != pos:
+                return False
+            pos += self._refs[i].length
+        return True
+
+    async def _chunk(self, i: int) -> bytes | memoryview:
         # the kernel's read-ahead keeps several reads in flight, answered out of order
-        sequential = self._last - READ_AHEAD <= i <= self._last + 2
+        sequential = self._last - READ_AHEAD <= i <= self._last + READ_AHEAD
         self._last = max(i, self._last) if sequential else i
         if sequential:
             self._read_ahead(i)
@@ -129,7 +205,8 @@ class PayloadReader:
             keys = self.view.epoch_keys(self.version.header.epoch)
             return self._keep(i, self.store.payloads.read_chunk(self._refs[i], keys, self.view.id))
         if fut is None:
-            fut = self._pending[i] = self._submit(i, len(self._refs) - 1 if sequential and self._refs else -1)
+            until = len(self._refs) - 1 if sequential and self._refs else -1
+            fut = self._pending[i] = self._submit(i, until, arena=sequential)
         self._waiting[i] += 1
         try:
             data = await wait_future(fut)
@@ -141,7 +218,7 @@ class PayloadReader:
             del self._pending[i]
         return self._keep(i, data)
 
-    def _keep(self, i: int, data: bytes) -> bytes:
+    def _keep(self, i: int, data: T) -> T:
         """Cache chunk ``i`` (the least recently used goes) and return it."""
         self._cache[i] = data
         while len(self._cache) > CACHE_CHUNKS:
@@ -150,17 +227,29 @@ class PayloadReader:
 
     def _read_ahead(self, i: int) -> None:
         assert self._refs is not None
+        # ahead by at most half an arena that wraps: the chunks being read keep their places
+        limit = self._offsets[i] + ARENA // 2 if self.length > ARENA else self.length
         for j in range(i + 1, min(i + 1 + READ_AHEAD, len(self._refs))):
+            if self._offsets[j] + self._refs[j].length > limit:
+                break
             if j not in self._cache and j not in self._pending:
-                self._pending[j] = self._submit(j, len(self._refs) - 1)
+                self._pending[j] = self._submit(j, len(self._refs) - 1, arena=True)
         for j in [j for j in self._pending if j < i - READ_AHEAD and j not in self._waiting]:
-            self._pending.pop(j).cancel()  # read-ahead nobody asked for: the reader jumped away
+            # read-ahead nobody asked for: the reader jumped away
+            if self._pending[j].cancel():
+                del self._pending[j]
+                self._where.pop(j, None)
+            elif j not in self._where:
+                del self._pending[j]
+            # else: it is writing into the arena; it stays pending until done and its place is needed
 
     def close(self) -> None:
         for fut in self._pending.values():
             fut.cancel()
         self._pending.clear()
         self._cache.clear()
+        self._where.clear()
+        self._arena = None  # a fetch still running keeps it alive until it ends
 
     # ------------------------------------------------------------ blocking reads
     def iter_range(self, start: int, end: int, window: int = READ_AHEAD) -> Iterator[bytes]:
@@ -183,6 +272,8 @@ class PayloadReader:
             while futures or nxt <= last:
                 while nxt <= last and len(futures) < window:
                     cached = self._cache.get(nxt)
+                    if not isinstance(cached, bytes):  # None, or a view into the arena, which trio may reuse
+                        cached = None
                     futures.append((nxt, cached if cached is not None else self._submit(nxt, last)))
                     nxt += 1
                 i, item = futures.popleft()

@@ -15,6 +15,7 @@ import ctypes.util
 import io
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -194,6 +195,7 @@ class PayloadIO:
         # The whole-payload checksum is sequential: one thread computes it, in
         # submission order (FIFO), beside the chunker (BLAKE3 releases the GIL).
         self.checksum_pool = ThreadPoolExecutor(1, thread_name_prefix="fsobj-checksum")
+        self._scratch = threading.local()  # each thread's buffer for the ciphertext of a chunk read
 
     def close(self) -> None:
         self.checksum_pool.shutdown(wait=True)
@@ -461,6 +463,32 @@ class PayloadIO:
         if len(plain) != ref.length:
             raise IntegrityError(f"chunk {ref.id.hex()} has the wrong length")
         return plain
+
+    def read_chunk_into(
+        self, ref: ChunkRef, keys: crypto.EpochKeys, pid: bytes, out: memoryview, prefetch: ChunkRef | None = None
+    ) -> memoryview:
+        """:meth:`read_chunk` into ``out`` (``ref.length`` bytes), returned once verified.
+
+        The ciphertext goes through a buffer the thread keeps, the plaintext
+        straight into ``out``: no fresh buffer to be zeroed and faulted in per
+        chunk. On an error ``out`` holds nothing the caller may use."""
+        if prefetch is not None:
+            self.blobs.prefetch(prefetch.id)
+        want = ref.length + crypto.ENVELOPE_OVERHEAD
+        scratch: bytearray | None = getattr(self._scratch, "buf", None)
+        if scratch is None or len(scratch) <= want:
+            scratch = self._scratch.buf = bytearray(max(want + 1, chunking.MAX_SIZE + crypto.ENVELOPE_OVERHEAD + 1))
+        view = memoryview(scratch)
+        try:
+            got = self.blobs.get_into(ref.id, view[: want + 1])
+        except NotFoundError as e:
+            raise IntegrityError(f"payload blob {ref.id.hex()} is missing") from e
+        if got != want or len(out) != ref.length:
+            raise IntegrityError(f"chunk {ref.id.hex()} has the wrong length")
+        crypto.open_blob_into(view[:got], crypto.KIND_CHUNK, keys, pid, ref.id, out)
+        if keys.chunk_id(out) != ref.id:
+            raise IntegrityError(f"payload blob {ref.id.hex()} does not match its id")
+        return out
 
     def iter_payload(
         self, header: VersionHeader, keys: crypto.EpochKeys, progress: Progress | None = None
