@@ -351,6 +351,32 @@ def test_batch_commits_together(store_dir: Path, store: Store, alice, open_store
     assert other.get(pid, "b").hash == b1.hash
 
 
+def test_a_batch_checks_the_heads_of_over_a_thousand_series_together(
+    store_dir: Path, store: Store, alice, open_store
+) -> None:
+    """1,200 tombstones in one group commit (heads are checked 500 per query): one
+    series changed by another writer meanwhile, the 1,101st, fails the whole batch;
+    without it, every one is committed."""
+    pid = store.create_partition("docs").id
+    with store.batch():
+        firsts = [store.put(pid, f"k{i:04d}", b"") for i in range(1200)]
+    other = open_store(store_dir, alice)
+    versions = version_count(store)
+    with pytest.raises(ConflictError) as ei:
+        with store.batch():
+            for i, v in enumerate(firsts):
+                if i == 1100:
+                    moved = other.put(pid, v.sort_key, b"moved on", expect=v.hash)
+                store.commit(store.partition(pid), v, source=None, tombstone=True)
+    assert ei.value.current == moved.hash
+    assert version_count(store) == versions + 1
+    assert len(store.list(pid)) == 1200
+    with store.batch():
+        for v in firsts[:1100]:
+            store.commit(store.partition(pid), v, source=None, tombstone=True)
+    assert [e.sort_key for e in store.list(pid)] == [f"k{i:04d}" for i in range(1100, 1200)]
+
+
 def test_batch_with_one_conflict_commits_nothing(store_dir: Path, store: Store, alice, open_store) -> None:
     pid = store.create_partition("docs").id
     a1 = store.put(pid, "a", b"a1")

@@ -255,6 +255,17 @@ class Index(FeedQueries):
         rows = self.q(f"SELECT {_HEAD_COLS} FROM heads WHERE base_hash = ?", [base_hash])
         return _head(rows[0]) if rows else None
 
+    def heads_of(self, base_hashes: list[bytes]) -> dict[bytes, HeadRow]:
+        """The head rows of these series (absent ones are left out), 500 per query."""
+        out: dict[bytes, HeadRow] = {}
+        for i in range(0, len(base_hashes), 500):
+            part = base_hashes[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for r in self.q(f"SELECT {_HEAD_COLS} FROM heads WHERE base_hash IN ({marks})", part):
+                head = _head(r)
+                out[head.base_hash] = head
+        return out
+
     def heads_by_sort_key(self, partition_id: bytes, sealed_keys: list[bytes]) -> list[HeadRow]:
         marks = ",".join("?" * len(sealed_keys))
         rows = self.q(
@@ -285,9 +296,13 @@ class Index(FeedQueries):
         extra = " AND tombstone = 0" if live_only else ""
         return self.q(f"SELECT count(*) FROM heads WHERE partition_id = ?{extra}", [partition_id])[0][0]
 
-    def add_version(self, row: VersionRow, blob_refs: Iterable[bytes], notify: bool = True) -> None:
+    def add_version(
+        self, row: VersionRow, blob_refs: Iterable[bytes], notify: bool = True, feeds: list[bytes] | None = None
+    ) -> None:
         """Insert a version, make it its series' head, record its blob references,
-        and (``notify``) queue its notification in every subscribed feed."""
+        and (``notify``) queue its notification in every subscribed feed (``feeds``:
+        those of its partition, if the caller has just asked :meth:`subscribed_feeds`
+        in the same transaction)."""
         self.db.execute(
             f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -305,12 +320,13 @@ class Index(FeedQueries):
             ),
         )
         self.set_head(row)
-        self.db.conn.executemany(
-            "INSERT OR IGNORE INTO refs (blob_id, version_hash) VALUES (?, ?)",
-            ((b, row.hash) for b in set(blob_refs)),
-        )
+        refs = set(blob_refs)
+        if refs:
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO refs (blob_id, version_hash) VALUES (?, ?)", ((b, row.hash) for b in refs)
+            )
         if notify:
-            self.push_notifications(row.partition_id, row.hash, time.time_ns() // 1000)
+            self.push_notifications(row.partition_id, row.hash, time.time_ns() // 1000, feeds)
 
     def set_head(self, row: VersionRow) -> None:
         self.db.execute(

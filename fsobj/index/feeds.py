@@ -100,16 +100,24 @@ class FeedQueries:
         self.db.execute("DELETE FROM feed_subscriptions WHERE partition_id = ?", (partition_id,))
 
     # ------------------------------------------------------------ queue
-    def push_notifications(self, partition_id: bytes, version_hash: bytes, commit_us: int) -> int:
-        """Queue one notification per feed subscribed to the partition (inside the commit)."""
-        feeds = [
+    def subscribed_feeds(self, partition_id: bytes, now_us: int) -> list[bytes]:
+        """The unexpired feeds subscribed to a partition."""
+        return [
             r[0]
             for r in self.q(
                 "SELECT DISTINCT s.feed_id FROM feed_subscriptions s JOIN feeds f ON f.feed_id = s.feed_id "
                 "WHERE s.partition_id = ? AND (f.expires_us IS NULL OR f.expires_us > ?)",
-                [partition_id, commit_us],
+                [partition_id, now_us],
             )
         ]
+
+    def push_notifications(
+        self, partition_id: bytes, version_hash: bytes, commit_us: int, feeds: list[bytes] | None = None
+    ) -> int:
+        """Queue one notification per feed subscribed to the partition (inside the commit;
+        ``feeds``: :meth:`subscribed_feeds` asked earlier in the same transaction)."""
+        if feeds is None:
+            feeds = self.subscribed_feeds(partition_id, commit_us)
         for feed_id in feeds:
             seq = self.q(
                 "UPDATE feeds SET next_seq = next_seq + 1 WHERE feed_id = ? RETURNING next_seq - 1", [feed_id]

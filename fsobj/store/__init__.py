@@ -669,10 +669,14 @@ class Store(PartitionsMixin):
             self.blobs.put_many([(p.row.hash, p.blob) for p in pending])
             self.blobs.sync_all()
             with self.index.write():
+                self._check_locks(pending)
+                feeds: dict[bytes, list[bytes]] = {}
                 for p in pending:
-                    self._check_lock(p.view, p.prev, p.new_key)
                     self._check_refs(p.refs, p.prev)
-                    self.index.add_version(p.row, p.refs)
+                    pid = p.row.partition_id
+                    if pid not in feeds:
+                        feeds[pid] = self.index.subscribed_feeds(pid, time.time_ns() // 1000)
+                    self.index.add_version(p.row, p.refs, feeds=feeds[pid])
         except BaseException:
             self._discard(pending)
             raise
@@ -706,28 +710,42 @@ class Store(PartitionsMixin):
     def _check_lock(self, view: PartitionView, prev: Version | None, new_key: str | None) -> None:
         """Inside the write transaction: the series must still be at ``prev``;
         for an exclusive new object, no live object may have taken ``new_key``."""
+        self._check_partition(view)
+        if new_key is not None:
+            self._check_new_key(view, new_key)
+        if prev is not None:
+            _check_head(prev, self.index.head(prev.base_hash))
+
+    def _check_locks(self, pending: list[_Pending]) -> None:
+        """:meth:`_check_lock` for a group commit: each partition's row once and the
+        heads of every series in one query per 500 (an ``rm -r`` queues thousands of
+        tombstones, each of which checked both on its own: 14 % of the helper's time)."""
+        views = {p.view.id: p.view for p in pending}
+        for view in views.values():
+            self._check_partition(view)
+        bases = list({p.prev.base_hash for p in pending if p.prev is not None})
+        heads = self.index.heads_of(bases)
+        for p in pending:
+            if p.new_key is not None:
+                self._check_new_key(p.view, p.new_key)
+            if p.prev is not None:
+                _check_head(p.prev, heads.get(p.prev.base_hash))
+
+    def _check_partition(self, view: PartitionView) -> None:
         row = self.index.partition(view.id)
         if row is None:
             raise NotFoundError(f"partition {view.display_name} was removed")
         if row.seq != view.record.seq:
             raise ConflictError(f"the membership of partition {view.display_name} changed meanwhile; retry")
-        if new_key is not None:
-            sealed = [k.seal_sort_key(view.id, new_key) for k in view.keys.values()]
-            live = [h for h in self.index.heads_by_sort_key(view.id, sealed) if not h.tombstone]
-            if live:
-                raise ConflictError(
-                    f"{new_key!r} was created meanwhile: current version is {live[0].head_hash.hex()}",
-                    live[0].head_hash,
-                )
-        if prev is not None:
-            head = self.index.head(prev.base_hash)
-            if head is None:
-                raise ConflictError(f"{prev.sort_key!r} was purged meanwhile")
-            if head.head_hash != prev.hash:
-                raise ConflictError(
-                    f"{prev.sort_key!r} changed: current version is {head.head_hash.hex()}, not {prev.hash.hex()}",
-                    head.head_hash,
-                )
+
+    def _check_new_key(self, view: PartitionView, new_key: str) -> None:
+        sealed = [k.seal_sort_key(view.id, new_key) for k in view.keys.values()]
+        live = [h for h in self.index.heads_by_sort_key(view.id, sealed) if not h.tombstone]
+        if live:
+            raise ConflictError(
+                f"{new_key!r} was created meanwhile: current version is {live[0].head_hash.hex()}",
+                live[0].head_hash,
+            )
 
     def purge(self, partition: str | bytes, sort_key: str) -> tuple[int, int]:
         """Physically delete every version of a series (owner only).
@@ -775,6 +793,17 @@ class Store(PartitionsMixin):
                     deleted += b not in hashes
             self.blobs.sync()
         return len(hashes), deleted
+
+
+def _check_head(prev: Version, head: HeadRow | None) -> None:
+    """The optimistic lock: ``head`` (the series' head row now) must still be ``prev``."""
+    if head is None:
+        raise ConflictError(f"{prev.sort_key!r} was purged meanwhile")
+    if head.head_hash != prev.hash:
+        raise ConflictError(
+            f"{prev.sort_key!r} changed: current version is {head.head_hash.hex()}, not {prev.hash.hex()}",
+            head.head_hash,
+        )
 
 
 @dataclass

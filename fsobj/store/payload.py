@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TREE_FANOUT = 1024
 WINDOW = 12  # chunks in flight per stream (write) and read-ahead (read)
+EMPTY_CHECKSUM = checksum_of([])  # the payload checksum of zero bytes
 PREFETCH = 8  # a read hints the blob this many chunks further on (BlobStore.prefetch)
 
 Progress = Callable[[int], None]
@@ -360,9 +361,8 @@ class PayloadIO:
         self, data: bytes, keys: crypto.EpochKeys, pid: bytes, progress: Progress | None
     ) -> WrittenPayload:
         blocks = [ChunkRef(h, n) for h, n in blocks_of(data)]
-        result = WrittenPayload(
-            len(data), checksum_of(b.id for b in blocks), (), None, epoch=keys.epoch, blocks=tuple(blocks)
-        )
+        checksum = checksum_of(b.id for b in blocks) if blocks else EMPTY_CHECKSUM  # a tombstone's, every time
+        result = WrittenPayload(len(data), checksum, (), None, epoch=keys.epoch, blocks=tuple(blocks))
         if 0 < len(data) <= MAX_INLINE_DATA:
             result.inline = bytes(data)  # the header carries it
         elif data:
