@@ -841,3 +841,25 @@ def test_a_damaged_chunk_read_into_the_arena_fails_and_its_bytes_are_never_answe
         reader.close()
 
     trio.run(main)
+
+
+def test_a_partition_view_crosses_to_the_helper_as_its_id(fs_store: Store) -> None:
+    """A message to the helper carries a view as its partition id: the helper's
+    store opens its own view (one per partition per message); a process without
+    a store refuses it. The versions in the message cross whole."""
+    import io
+    import pickle
+
+    from fsobj.fs import helper
+
+    versions = [fs_store.put("p", f"f{i}", b"x" * i) for i in range(3)]
+    view = fs_store.partition("p")
+    message = helper._frame((view, versions, [view]))
+    body = io.BytesIO(bytes(message[8:]))
+    assert int.from_bytes(message[:8], "big") == len(message) - 8
+    assert b"fsobj.store" in body.getvalue() and view.keys[view.record.current_epoch].blob_key not in body.getvalue()
+    got_view, got_versions, (again,) = helper._Unpickler(body, fs_store).load()
+    assert got_view.id == view.id and again is got_view
+    assert got_versions == versions
+    with pytest.raises(pickle.UnpicklingError, match="without a store"):
+        helper._Unpickler(io.BytesIO(bytes(message[8:])), None).load()

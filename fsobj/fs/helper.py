@@ -32,6 +32,7 @@ pickle is not used for anything read from disk or the network.
 
 from __future__ import annotations
 
+import copyreg
 import gc
 import importlib
 import io
@@ -92,11 +93,19 @@ class NotPortable(Exception):
 # ---------------------------------------------------------------- messages
 
 
-class _Pickler(pickle.Pickler):
-    def persistent_id(self, obj: object) -> object:  # type: ignore[override]
-        if isinstance(obj, PartitionView):
-            return ("view", obj.id)
-        return None
+def _view_ref(partition_id: bytes) -> PartitionView:
+    """What a pickled ``PartitionView`` names; only :class:`_Unpickler` resolves it."""
+    raise pickle.UnpicklingError("a partition view crossed to a process without a store")
+
+
+def _reduce_view(view: PartitionView) -> tuple[Callable[[bytes], PartitionView], tuple[bytes]]:
+    return _view_ref, (view.id,)
+
+
+# A dispatch table, not ``persistent_id``: the pickler would call a Python
+# ``persistent_id`` for every object it pickles, which made pickling the versions
+# of an ``rm -r`` batch 2.6 times slower (28.5 against 11.0 µs per version).
+_DISPATCH = {**copyreg.dispatch_table, PartitionView: _reduce_view}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -105,20 +114,28 @@ class _Unpickler(pickle.Unpickler):
         self.store = store
         self._views: dict[bytes, PartitionView] = {}  # one view per partition per message
 
-    def persistent_load(self, pid: object) -> object:
-        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "view" and self.store is not None:
-            view = self._views.get(pid[1])
-            if view is None:
-                view = self._views[pid[1]] = self.store.partition(pid[1])
-            return view
-        raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+    def find_class(self, module: str, name: str) -> Any:
+        # by the name the daemon pickles it under (the helper itself runs as __main__)
+        if module == "fsobj.fs.helper" and name == "_view_ref":
+            return self._view
+        return super().find_class(module, name)
+
+    def _view(self, partition_id: bytes) -> PartitionView:
+        if self.store is None:
+            return _view_ref(partition_id)
+        view = self._views.get(partition_id)
+        if view is None:
+            view = self._views[partition_id] = self.store.partition(partition_id)
+        return view
 
 
 def _frame(obj: object) -> memoryview:
     """One message: the length, then the pickle (pickled in place behind a placeholder)."""
     buf = io.BytesIO()
     buf.write(_LEN.pack(0))
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(obj)
     data = buf.getbuffer()
     data[: _LEN.size] = _LEN.pack(len(data) - _LEN.size)
     return data
