@@ -863,3 +863,50 @@ def test_a_partition_view_crosses_to_the_helper_as_its_id(fs_store: Store) -> No
     assert got_versions == versions
     with pytest.raises(pickle.UnpicklingError, match="without a store"):
         helper._Unpickler(io.BytesIO(bytes(message[8:])), None).load()
+
+
+def test_the_group_commit_goes_when_idle_full_or_old_on_a_virtual_clock() -> None:
+    """The committer's batching rules on trio's virtual clock (no real waiting):
+    entries 5 ms apart join one batch, which goes 20-40 ms after the last; 1,000
+    entries at once go at once; a steady stream goes at the 1 s window."""
+    from trio.testing import MockClock
+
+    from fsobj.fs.committer import Committer
+
+    batches: list[tuple[float, int]] = []
+
+    async def remove_many(items: list[tuple[bytes, bytes]]) -> None:
+        batches.append((trio.current_time(), len(items)))
+
+    async def commit_many(files: list[object]) -> None:
+        raise AssertionError("no files were queued")
+
+    async def main() -> None:
+        c = Committer(commit_many, remove_many, window=1.0, idle=0.02, max_files=1000)  # type: ignore[arg-type]
+        async with trio.open_nursery() as n:
+            await n.start(c.run)
+            t0 = trio.current_time()
+            for i in range(10):  # 0 .. 45 ms
+                c.submit_removal(b"p", b"a%d" % i)
+                await trio.sleep(0.005)
+            await trio.sleep(0.1)
+            assert len(batches) == 1 and batches[0][1] == 10
+            assert 0.045 + 0.02 <= batches[0][0] - t0 <= 0.045 + 0.04 + 1e-9, batches
+
+            t1 = trio.current_time()
+            for i in range(1000):
+                c.submit_removal(b"p", b"b%d" % i)
+            await trio.sleep(0.001)
+            assert batches[1] == (t1, 1000), batches
+
+            t2 = trio.current_time()
+            for i in range(300):  # one every 10 ms for 3 s: never idle, never full
+                c.submit_removal(b"p", b"c%d" % i)
+                await trio.sleep(0.01)
+            await trio.sleep(0.1)
+            n.cancel_scope.cancel()
+        stream = batches[2:]
+        assert sum(k for _, k in stream) == 300
+        assert [round(t - t2, 2) for t, _ in stream[:2]] == [1.0, 2.0], stream
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))

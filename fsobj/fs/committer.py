@@ -2,9 +2,10 @@
 
 Owns: the queue of open files whose last writer has closed, the queue of
 tombstones of files unlinked through the mount, and when both are committed.
-A batch goes when nothing has joined it for ``idle`` seconds, when it is
-``window`` seconds old, or when it holds ``max_files`` entries or
-``max_bytes`` staged bytes; all its versions commit in one store transaction
+A batch goes when nothing has joined it for ``idle`` seconds (looked at every
+``idle`` seconds, so after ``idle`` to twice that), when it is ``window``
+seconds old, or when it holds ``max_files`` entries or ``max_bytes`` staged
+bytes; all its versions commit in one store transaction
 (``Store.batch()``: one ``syncfs``, one SQLite commit), which is what makes
 many small files fast. Tombstones go before files, so a name freed and taken
 again commits in that order. ``fsync`` of a file commits it at once;
@@ -56,7 +57,9 @@ class Committer:
         self._writing: dict[bytes, bytes] = {}  # the same, for tombstones being written now
         self._files_lock = trio.Lock()  # held while a batch of files commits (drain waits for it)
         self._removals_lock = trio.Lock()  # the same for tombstones
-        self._wake = trio.Event()
+        self._wake = trio.Event()  # set for the first entry of a batch, and when a batch is full
+        self._arrivals = 0  # entries queued so far (a gathering batch polls it)
+        self._gathering = False
         self._batch_done = trio.Event()
 
     @property
@@ -81,14 +84,14 @@ class Committer:
     def submit_removal(self, pid: bytes, base_hash: bytes) -> None:
         """Queue the tombstone of an object already gone from the mount's tree."""
         self._removals[base_hash] = pid
-        self._wake.set()
+        self._arrived()
 
     async def submit(self, of: OpenFile) -> None:
         """Queue ``of``; waits only when the queue is over its byte limit (backpressure)."""
         if of.ino not in self._queue:
             self._queue[of.ino] = of
             self._queued_bytes += of.size if of.staging is not None else 0
-        self._wake.set()
+        self._arrived()
         if self._queued_bytes > self.max_bytes:
             await self._batch_done.wait()
 
@@ -105,15 +108,32 @@ class Committer:
         finally:
             self.running = False
 
+    def _full(self) -> bool:
+        return len(self._queue) + len(self._removals) >= self.max_files or self._queued_bytes >= self.max_bytes
+
+    def _arrived(self) -> None:
+        """An entry joined: wake the committer if it sleeps, or if the batch is full.
+        A gathering batch is not woken by every entry (an ``rm -r`` queues thousands
+        a second, and each wake-up cost the request loop a task switch and a timer)."""
+        self._arrivals += 1
+        if not self._gathering or self._full():
+            self._wake.set()
+
     async def _gather(self) -> None:
-        """Let a batch fill: until idle, full, or as old as the window."""
-        with trio.move_on_after(self.window):
-            while len(self._queue) + len(self._removals) < self.max_files and self._queued_bytes < self.max_bytes:
-                with trio.move_on_after(self.idle) as idle:
-                    await self._wake.wait()
+        """Let a batch fill: until idle (nothing joined for ``idle`` seconds, checked
+        every ``idle`` seconds), full, or as old as the window."""
+        self._gathering = True
+        try:
+            with trio.move_on_after(self.window):
+                while not self._full():
+                    seen = self._arrivals
+                    with trio.move_on_after(self.idle):
+                        await self._wake.wait()  # full
                     self._wake = trio.Event()
-                if idle.cancelled_caught:
-                    return
+                    if self._arrivals == seen:
+                        return
+        finally:
+            self._gathering = False
 
     async def drain_removals(self) -> None:
         """Write every queued tombstone now (and wait for those being written)."""
