@@ -17,6 +17,8 @@ from typing import Any
 import blake3
 import pytest
 from cryptography.exceptions import InvalidTag
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cbor import same
 
 from fsobj import chunking, crypto, identity
@@ -32,6 +34,8 @@ from fsobj.model.checksum import (
 )
 from fsobj.model.header import (
     BLOCK_LIST_TYPE,
+    CHUNK_LIST_TYPE,
+    FORMAT_VERSION,
     ChunkRef,
     VersionHeader,
     decode_chunk_list,
@@ -733,3 +737,54 @@ def test_chunk_boundaries():
         assert [len(x) for x in chunking.split_pieces(pieces, case["seed"])] == case["lengths"]
         ref = _reference_chunker(buf, case["seed"], list(GEAR), int(c["mask_s"], 16), int(c["mask_l"], 16))
         assert ref == case["lengths"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(
+        st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+        | st.integers(0, 2**64 - 1),
+        max_size=40,
+    ),
+    block=st.booleans(),
+    edit=st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from(["flip", "cut", "add"])),
+)
+def test_the_chunk_list_scan_reads_exactly_what_the_decoder_reads(lengths, block, edit):
+    """The fast reading of chunk- and block-list nodes against the generic CBOR
+    decoder: the same entries for every node, and for the node with one byte
+    changed, cut off or added, the same entries or the same refusal."""
+    from fsobj.model import header as header_mod
+
+    node_type = BLOCK_LIST_TYPE if block else CHUNK_LIST_TYPE
+    entries = [ChunkRef(bytes([i]) * 32, n) for i, n in enumerate(lengths)]
+    node = encode_chunk_list(entries, node_type)
+    assert header_mod._scan_chunk_list(node, node_type) == entries == decode_chunk_list(node, node_type)
+    pos, value, how = edit
+    pos %= len(node)
+    changed = {
+        "flip": node[:pos] + bytes([node[pos] ^ (value or 1)]) + node[pos + 1 :],
+        "cut": node[:pos],
+        "add": node[:pos] + bytes([value]) + node[pos:],
+    }[how]
+
+    def generic(data: bytes) -> object:
+        d = cbor.decode(data)
+        ok = isinstance(d, dict) and set(d) == {"type", "v", "entries"} and d["type"] == node_type
+        ok = ok and d["v"] == FORMAT_VERSION and isinstance(d["entries"], list)
+        if not ok or not all(isinstance(e, list) and len(e) == 2 for e in d["entries"]):
+            raise FormatError("malformed")
+        if not all(type(i) is bytes and len(i) == 32 and type(n) is int and n >= 0 for i, n in d["entries"]):
+            raise FormatError("malformed")
+        return [ChunkRef(i, n) for i, n in d["entries"]]
+
+    try:
+        expected: object = generic(changed)
+    except FormatError:
+        expected = FormatError
+    scanned = header_mod._scan_chunk_list(changed, node_type)
+    assert scanned is None or scanned == expected
+    try:
+        got: object = decode_chunk_list(changed, node_type)
+    except FormatError:
+        got = FormatError
+    assert got == expected

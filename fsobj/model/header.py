@@ -385,6 +385,9 @@ def encode_chunk_list(entries: list[ChunkRef], node_type: str = CHUNK_LIST_TYPE)
 
 
 def decode_chunk_list(plaintext: bytes, node_type: str = CHUNK_LIST_TYPE) -> list[ChunkRef]:
+    fast = _scan_chunk_list(plaintext, node_type)
+    if fast is not None:
+        return fast
     d = cbor.decode(plaintext)
     what = "block list" if node_type == BLOCK_LIST_TYPE else "chunk list"
     if not isinstance(d, dict) or d.get("type") != node_type or d.get("v") != FORMAT_VERSION:
@@ -393,3 +396,54 @@ def decode_chunk_list(plaintext: bytes, node_type: str = CHUNK_LIST_TYPE) -> lis
     if set(d) != {"type", "v", "entries"} or not isinstance(entries, list) or not all(_is_ref(e) for e in entries):
         raise FormatError(f"malformed {what}")
     return [ChunkRef(i, n) for i, n in entries]
+
+
+_ENTRY_HEAD = b"\x82\x58\x20"  # an entry: an array of 2, whose first item is a 32-byte string
+_UINT_FLOOR = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}  # info: (bytes, least)
+_NODE_PREFIX: dict[str, bytes] = {}
+
+
+def _scan_chunk_list(data: bytes, node_type: str) -> list[ChunkRef] | None:
+    """The entries of a node in exactly its canonical encoding, read without the
+    generic decoder (a 1 GiB file's chunk and block lists took 30 ms to decode,
+    most of the commit of a 4 KiB edit); None for anything else, which
+    :func:`decode_chunk_list` then decodes or refuses as before. Every byte is
+    checked against the one canonical form of {"v", "type", "entries"}, so a
+    node is read the same either way."""
+    prefix = _NODE_PREFIX.get(node_type)
+    if prefix is None:
+        empty = cbor.encode({"type": node_type, "v": FORMAT_VERSION, "entries": []})
+        assert empty.endswith(b"\x80")  # "entries" sorts last: its array ends the node
+        prefix = _NODE_PREFIX[node_type] = empty[:-1]
+    if not data.startswith(prefix):
+        return None
+    count, pos = _canonical_arg(data, len(prefix), 4)
+    if count is None:
+        return None
+    out = []
+    for _ in range(count):
+        if data[pos : pos + 3] != _ENTRY_HEAD or pos + 35 > len(data):
+            return None
+        blob_id = data[pos + 3 : pos + 35]
+        length, pos = _canonical_arg(data, pos + 35, 0)
+        if length is None:
+            return None
+        out.append(ChunkRef(blob_id, length))
+    return out if pos == len(data) else None
+
+
+def _canonical_arg(data: bytes, pos: int, major: int) -> tuple[int | None, int]:
+    """The argument of the item at ``pos`` if its major type is ``major`` and its
+    argument is in the shortest form; (None, pos) otherwise."""
+    if pos >= len(data) or data[pos] >> 5 != major:
+        return None, pos
+    info = data[pos] & 0x1F
+    if info < 24:
+        return info, pos + 1
+    if info not in _UINT_FLOOR:
+        return None, pos
+    n, least = _UINT_FLOOR[info]
+    if pos + 1 + n > len(data):
+        return None, pos
+    arg = int.from_bytes(data[pos + 1 : pos + 1 + n], "big")
+    return (arg, pos + 1 + n) if arg >= least else (None, pos)
