@@ -236,6 +236,15 @@ def test_killed_put_leaves_a_consistent_store(cli: Cli) -> None:
     cli.run("verify")
 
 
+def test_bench_refuses_a_scratch_directory_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "not-there"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fsobj", "bench", "--mount", "--dir", str(missing)], capture_output=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert b"does not exist" in proc.stderr and not missing.exists()
+
+
 def test_bench_reports_figures_and_targets(tmp_path: Path) -> None:
     env = dict(os.environ)
     proc = subprocess.run(

@@ -202,7 +202,12 @@ def partition_revoke(ctx: Context, name: str, user: str) -> None:
 
 
 @click.command("bench")
-@click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Scratch directory on the disk to measure.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Scratch directory (existing) on the disk to measure.",
+)
 @click.option("--size-mib", default=1024, show_default=True, help="Size of the big file.")
 @click.option("--objects", default=100_000, show_default=True, help="Objects for the lookup/list benchmark.")
 @click.option("--rss-size-mib", default=4096, show_default=True, help="File size for the peak-RSS run (0: skip).")
