@@ -44,6 +44,16 @@ def test_sort_keys_become_paths_markers_and_escaped_names() -> None:
     assert escape_key("100%") == "100%25"
 
 
+def test_a_name_may_have_255_bytes_whatever_its_characters() -> None:
+    """The 255-byte limit of a path segment counts UTF-8 bytes (a lone surrogate of a
+    non-UTF-8 name is one byte), for short and long segments alike."""
+    for ch, size in (("x", 1), ("é", 2), ("€", 3), ("😀", 4), ("\udcff", 1)):
+        fits = ch * (255 // size)
+        too_long = ch * (255 // size + 1)  # 256 bytes or more
+        assert place(f"d/{fits}").name == fits, (ch, len(fits))
+        assert place(f"d/{too_long}").parent == "", (ch, len(too_long))  # escaped at the top
+
+
 def test_ties_and_file_directory_clashes_get_hash_suffixes() -> None:
     t = PartitionTree()
     b1, b2 = bytes([1]) * 32, bytes([2]) * 32

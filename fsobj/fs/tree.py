@@ -26,6 +26,7 @@ for a file created through the mount whose first version is not written yet.
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -43,7 +44,9 @@ Ref = bytes | int
 
 
 def segment_ok(seg: str) -> bool:
-    return bool(seg) and seg not in (".", "..") and len(seg.encode("utf-8", "surrogateescape")) <= NAME_MAX
+    # a character is at most 4 bytes in UTF-8: a short segment needs no encoding to be measured
+    fits = len(seg) <= NAME_MAX // 4 or len(seg.encode("utf-8", "surrogateescape")) <= NAME_MAX
+    return bool(seg) and seg not in (".", "..") and fits
 
 
 def path_ok(path: str) -> bool:
@@ -103,6 +106,7 @@ def split(path: str) -> tuple[str, str]:
     return parent, name
 
 
+@functools.lru_cache(maxsize=4096)  # an unlink places its key three times (tree, applied tombstone, history)
 def place(sort_key: str) -> Place:
     if sort_key == "/":
         return Place("", "", marker=True)
