@@ -201,13 +201,26 @@ def decode(data: bytes) -> Value:
     return value
 
 
-def _read_arg(mv: memoryview, pos: int, info: int) -> tuple[int, int]:
+def read_head(data: bytes | memoryview, pos: int) -> tuple[int, int, int]:
+    """(major type, argument, position after it) of the item head at ``pos``, checked
+    as :func:`decode` checks it (truncation, shortest argument): for readers of one
+    fixed shape that skip the generic decoder."""
+    if pos >= len(data):
+        raise FormatError("truncated CBOR item")
+    ib = data[pos]
+    arg, after = _read_arg(data, pos + 1, ib & 0x1F)
+    return ib >> 5, arg, after
+
+
+_ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}  # additional information -> bytes of the argument
+
+
+def _read_arg(mv: bytes | memoryview, pos: int, info: int) -> tuple[int, int]:
     if info < 24:
         return info, pos
-    sizes = {24: 1, 25: 2, 26: 4, 27: 8}
-    if info not in sizes:
+    if info not in _ARG_BYTES:
         raise FormatError("unsupported CBOR length encoding")
-    n = sizes[info]
+    n = _ARG_BYTES[info]
     if pos + n > len(mv):
         raise FormatError("truncated CBOR item")
     arg = int.from_bytes(mv[pos : pos + n], "big")

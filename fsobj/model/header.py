@@ -399,7 +399,6 @@ def decode_chunk_list(plaintext: bytes, node_type: str = CHUNK_LIST_TYPE) -> lis
 
 
 _ENTRY_HEAD = b"\x82\x58\x20"  # an entry: an array of 2, whose first item is a 32-byte string
-_UINT_FLOOR = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}  # info: (bytes, least)
 _NODE_PREFIX: dict[str, bytes] = {}
 
 
@@ -417,33 +416,19 @@ def _scan_chunk_list(data: bytes, node_type: str) -> list[ChunkRef] | None:
         prefix = _NODE_PREFIX[node_type] = empty[:-1]
     if not data.startswith(prefix):
         return None
-    count, pos = _canonical_arg(data, len(prefix), 4)
-    if count is None:
-        return None
     out = []
-    for _ in range(count):
-        if data[pos : pos + 3] != _ENTRY_HEAD or pos + 35 > len(data):
+    try:
+        major, count, pos = cbor.read_head(data, len(prefix))
+        if major != 4:
             return None
-        blob_id = data[pos + 3 : pos + 35]
-        length, pos = _canonical_arg(data, pos + 35, 0)
-        if length is None:
-            return None
-        out.append(ChunkRef(blob_id, length))
+        for _ in range(count):
+            blob_id = data[pos + 3 : pos + 35]
+            if data[pos : pos + 3] != _ENTRY_HEAD or len(blob_id) != crypto.HASH_LEN:
+                return None
+            major, length, pos = cbor.read_head(data, pos + 35)
+            if major != 0:
+                return None
+            out.append(ChunkRef(blob_id, length))
+    except FormatError:
+        return None
     return out if pos == len(data) else None
-
-
-def _canonical_arg(data: bytes, pos: int, major: int) -> tuple[int | None, int]:
-    """The argument of the item at ``pos`` if its major type is ``major`` and its
-    argument is in the shortest form; (None, pos) otherwise."""
-    if pos >= len(data) or data[pos] >> 5 != major:
-        return None, pos
-    info = data[pos] & 0x1F
-    if info < 24:
-        return info, pos + 1
-    if info not in _UINT_FLOOR:
-        return None, pos
-    n, least = _UINT_FLOOR[info]
-    if pos + 1 + n > len(data):
-        return None, pos
-    arg = int.from_bytes(data[pos + 1 : pos + 1 + n], "big")
-    return (arg, pos + 1 + n) if arg >= least else (None, pos)
