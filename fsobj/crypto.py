@@ -14,6 +14,13 @@ Algorithms (format version 1):
 * deterministic name encryption: AES-SIV (512-bit key) for sort keys in the index;
 * signatures: Ed25519; key agreement: X25519 (+ BLAKE3 KDF) for key wrapping;
 * passphrase KDF: scrypt.
+
+Ed25519 runs on libsodium (PyNaCl), everything else on ``cryptography``: on
+the machines we measure, libsodium signs in 34 µs against OpenSSL's 83 µs and
+verifies in 111 against 169 µs, and every version written is signed and every
+header read is verified. Ed25519 signatures are deterministic (RFC 8032), so
+the two libraries give the same bytes; the test vectors are made with
+``cryptography`` and checked against this module.
 """
 
 from __future__ import annotations
@@ -25,18 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import blake3
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from nacl import bindings as sodium
+from nacl.exceptions import BadSignatureError
 
 from fsobj.errors import FormatError, IdentityError, IntegrityError
 
@@ -241,10 +246,34 @@ def open_signed_blob(blob: bytes, blob_id: bytes) -> bytes:
 # ---------------------------------------------------------------- signatures
 
 
+SIGNATURE_LEN = 64
+SEED_LEN = 32
+
+
+class SigningKey:
+    """An Ed25519 private key, kept as its 32-byte seed (RFC 8032)."""
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_LEN:
+            raise ValueError("an Ed25519 seed has 32 bytes")
+        self.seed = bytes(seed)
+        self.public, self._secret = sodium.crypto_sign_seed_keypair(self.seed)
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(os.urandom(SEED_LEN))
+
+    def sign(self, message: bytes) -> bytes:
+        return sodium.crypto_sign(message, self._secret)[:SIGNATURE_LEN]  # signature, then the message
+
+
 def verify_signature(sign_pub: bytes, signature: bytes, message: bytes, what: str) -> None:
+    """Raise ``IntegrityError`` unless ``signature`` is ``sign_pub``'s Ed25519 signature of ``message``."""
     try:
-        Ed25519PublicKey.from_public_bytes(sign_pub).verify(signature, message)
-    except (InvalidSignature, ValueError, TypeError) as e:
+        if type(signature) is not bytes or len(signature) != SIGNATURE_LEN:
+            raise ValueError("an Ed25519 signature has 64 bytes")
+        sodium.crypto_sign_open(signature + message, sign_pub)
+    except (BadSignatureError, ValueError, TypeError) as e:
         raise IntegrityError(f"bad signature on {what}") from e
 
 
@@ -284,17 +313,16 @@ class PublicIdentity:
 class Identity:
     """An unlocked identity: Ed25519 signing key + X25519 key-agreement key."""
 
-    def __init__(self, name: str, sign_key: Ed25519PrivateKey, kx_key: X25519PrivateKey) -> None:
+    def __init__(self, name: str, sign_key: SigningKey, kx_key: X25519PrivateKey) -> None:
         self.name = name
         self._sign = sign_key
         self._kx = kx_key
-        sign_pub = _raw_pub(sign_key)
         kx_pub = _raw_pub(kx_key)
-        self.public = PublicIdentity(name, sign_pub, kx_pub, sign_key.sign(SIG_KX + kx_pub))
+        self.public = PublicIdentity(name, sign_key.public, kx_pub, sign_key.sign(SIG_KX + kx_pub))
 
     @classmethod
     def generate(cls, name: str) -> Identity:
-        return cls(name, Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+        return cls(name, SigningKey.generate(), X25519PrivateKey.generate())
 
     @property
     def user_id(self) -> bytes:
@@ -308,7 +336,7 @@ class Identity:
         return derive(context, self.private_bytes(), length)
 
     def private_bytes(self) -> bytes:
-        return _raw_priv(self._sign) + _raw_priv(self._kx)
+        return self._sign.seed + _raw_priv(self._kx)
 
     @classmethod
     def from_private_bytes(cls, name: str, raw: bytes) -> Identity:
@@ -316,7 +344,7 @@ class Identity:
             raise IdentityError("identity private key material has the wrong length")
         return cls(
             name,
-            Ed25519PrivateKey.from_private_bytes(raw[:32]),
+            SigningKey(raw[:32]),
             X25519PrivateKey.from_private_bytes(raw[32:]),
         )
 
@@ -345,11 +373,11 @@ def _wrap_kek(shared: bytes, eph_pub: bytes, kx_pub: bytes, pid: bytes, epoch: i
     return derive(CTX_WRAP, shared + eph_pub + kx_pub + pid + epoch.to_bytes(4, "big"))
 
 
-def _raw_pub(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+def _raw_pub(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _raw_priv(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+def _raw_priv(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
@@ -404,8 +432,8 @@ class Session:
     LIFETIME_S = 24 * 3600
 
     def __init__(self, identity: Identity, now_s: int) -> None:
-        self._key = Ed25519PrivateKey.generate()
-        self.public = _raw_pub(self._key)
+        self._key = SigningKey.generate()
+        self.public = self._key.public
         self.expires = now_s + self.LIFETIME_S
         self.certificate = identity.sign(session_message(identity.user_id, self.public, self.expires))
 

@@ -141,6 +141,38 @@ def test_identity_keys_and_user_id(name):
     assert crypto.derive(crypto.CTX_USER_ID, h(d["sign_pub"])).hex() == d["user_id"]
 
 
+def test_signatures_match_an_independent_ed25519_and_refuse_anything_else():
+    """Signing runs on libsodium; RFC 8032 signatures are deterministic, so they must be the
+    bytes ``cryptography`` (OpenSSL) makes for the same seed, and verification must refuse a
+    changed signature, message or key, and signatures or keys of the wrong length."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    for i in range(8):
+        seed = crypto.derive("fsobj test: ed25519 seed", bytes([i]), 32)
+        ours = crypto.SigningKey(seed)
+        theirs = Ed25519PrivateKey.from_private_bytes(seed)
+        msg = bytes(range(i * 7))
+        sig = ours.sign(msg)
+        assert sig == theirs.sign(msg)
+        assert len(sig) == 64 and len(ours.public) == 32
+        theirs.public_key().verify(sig, msg)
+        crypto.verify_signature(ours.public, sig, msg, "test")
+        bad_sig = bytes([sig[0] ^ 1]) + sig[1:]
+        other = crypto.SigningKey(bytes(32)).public
+        for pub, s, m in [
+            (ours.public, bad_sig, msg),
+            (ours.public, sig, msg + b"x"),
+            (other, sig, msg),
+            (ours.public, sig[:63], msg),
+            (ours.public, sig + b"\0", msg),
+            (ours.public[:31], sig, msg),
+        ]:
+            with pytest.raises(IntegrityError, match="bad signature on test"):
+                crypto.verify_signature(pub, s, m, "test")
+    with pytest.raises(ValueError):
+        crypto.SigningKey(bytes(31))
+
+
 def test_partition_id():
     p = V["partition_id"]
     ido = id_object(p["name"], h(p["owner"]))
