@@ -69,6 +69,15 @@ _VERSION_COLS = (
     "hash, partition_id, base_hash, prev_hash, seq, created_us, length, tombstone, epoch, author_id, sort_key_ct"
 )
 _HEAD_COLS = "base_hash, partition_id, head_hash, sort_key_ct, epoch, seq, tombstone, length, created_us"
+# An upsert, not INSERT OR REPLACE: a new head of a known series updates its row in place,
+# which leaves the two indexes alone unless the sort key changed (REPLACE deleted and
+# inserted the row in all three b-trees).
+_SET_HEAD = (
+    f"INSERT INTO heads ({_HEAD_COLS}) VALUES (?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (partition_id, base_hash) DO UPDATE SET head_hash = excluded.head_hash, "
+    "sort_key_ct = excluded.sort_key_ct, epoch = excluded.epoch, seq = excluded.seq, "
+    "tombstone = excluded.tombstone, length = excluded.length, created_us = excluded.created_us"
+)
 
 
 def _version(r: tuple) -> VersionRow:
@@ -330,7 +339,7 @@ class Index(FeedQueries):
 
     def set_head(self, row: VersionRow) -> None:
         self.db.execute(
-            f"INSERT OR REPLACE INTO heads ({_HEAD_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            _SET_HEAD,
             (
                 row.base_hash,
                 row.partition_id,
