@@ -192,6 +192,11 @@ class SmallBlobs:
     def ids(self) -> list[bytes]:
         return [r[0] for r in self._run("SELECT id FROM blob", ())[0]]
 
+    def usage(self) -> tuple[int, int]:
+        """(rows, bytes of their blobs): what the rows hold, not the database's file sizes."""
+        rows = self._run("SELECT count(*), coalesce(sum(length(data)), 0) FROM blob", ())[0]
+        return (rows[0][0], rows[0][1]) if rows else (0, 0)
+
     def compact(self) -> None:
         """After deletes: copy the WAL into the file and truncate it (best effort: a
         reader that still uses the WAL leaves it for the next time)."""
