@@ -274,7 +274,7 @@ def test_read_chunk_into_reads_rows_and_files_and_refuses_what_is_not_the_chunk(
     blobs = LocalBlobStore.create(tmp_path)
     k = keys()
     with ThreadPoolExecutor(1) as pool:
-        io_ = PayloadIO(blobs, pool)
+        io_ = PayloadIO(blobs, pool, chunking.DEFAULT)
         for size in (1000, SMALL_BLOB_MAX * 3):
             plain = bytes(range(256)) * (size // 256)
             cid = k.chunk_id(plain)
@@ -340,7 +340,7 @@ def test_payload_blob_ids_are_checked_by_kind(tmp_path):
     n = V["chunk_list"]
     blobs = LocalBlobStore.create(tmp_path)
     with ThreadPoolExecutor(1) as pool:
-        io_ = PayloadIO(blobs, pool)
+        io_ = PayloadIO(blobs, pool, chunking.DEFAULT)
         blobs.put(h(n["blob_id"]), h(n["blob"]))
         assert io_._open(crypto.KIND_CHUNK_LIST, keys(), PID, h(n["blob_id"])).hex() == n["plaintext"]
         wrong_id = h(n["chunk_id_of_same_bytes"])
@@ -720,7 +720,9 @@ def test_store_marker(tmp_path):
 # ---------------------------------------------------------------- chunking
 
 
-def _reference_chunker(buf: bytes, seed: int, gear: list[int], mask_s: int, mask_l: int) -> list[int]:
+def _reference_chunker(
+    buf: bytes, seed: int, gear: list[int], mask_s: int, mask_l: int, min_size: int, avg: int, max_size: int
+) -> list[int]:
     """The cut-point algorithm exactly as docs/format.md ("Chunking") states it."""
     m64 = (1 << 64) - 1
     g = [x ^ seed for x in gear]
@@ -728,14 +730,14 @@ def _reference_chunker(buf: bytes, seed: int, gear: list[int], mask_s: int, mask
     while start < len(buf):
         remaining = len(buf) - start
         cut = remaining
-        if remaining > chunking.MIN_SIZE:
-            center = chunking.AVG_SIZE
-            if remaining > chunking.MAX_SIZE:
-                remaining = cut = chunking.MAX_SIZE
+        if remaining > min_size:
+            center = avg
+            if remaining > max_size:
+                remaining = cut = max_size
             elif remaining < center:
                 center = remaining
             fp, mid, end = 0, center - center % 2, remaining - remaining % 2
-            for i in range(chunking.MIN_SIZE - chunking.MIN_SIZE % 2, end):
+            for i in range(min_size - min_size % 2, end):
                 fp = ((fp << 1) + g[buf[start + i]]) & m64
                 if fp & (mask_s if i < mid else mask_l) == 0:
                     cut = i
@@ -745,29 +747,45 @@ def _reference_chunker(buf: bytes, seed: int, gear: list[int], mask_s: int, mask
     return lengths
 
 
-def test_chunking_parameters_and_gear_table():
+CHUNK_SETS = [(1, "chunking"), (2, "chunking_2")]  # parameter set, its vector section
+
+
+@pytest.mark.parametrize(("number", "section"), CHUNK_SETS)
+def test_chunking_parameters_and_gear_table(number: int, section: str) -> None:
     from pyfastcdc.py.constants import GEAR, MASKS
 
-    c = V["chunking"]
-    assert (chunking.AVG_SIZE, chunking.MIN_SIZE, chunking.MAX_SIZE) == (c["avg_size"], c["min_size"], c["max_size"])
+    c = V[section]
+    p = chunking.PARAMS[number]
+    assert (p.avg, p.min, p.max) == (c["avg_size"], c["min_size"], c["max_size"])
     assert blake3.blake3(struct.pack("<256Q", *GEAR)).hexdigest() == c["gear_table_blake3"]
-    assert MASKS[19 + 1] == int(c["mask_s"], 16) and MASKS[19 - 1] == int(c["mask_l"], 16)
+    bits = p.avg.bit_length() - 1
+    assert 1 << bits == p.avg
+    assert MASKS[bits + 1] == int(c["mask_s"], 16) and MASKS[bits - 1] == int(c["mask_l"], 16)
 
 
-def test_chunk_boundaries():
+def test_new_stores_use_set_2_and_older_ones_keep_set_1() -> None:
+    assert chunking.DEFAULT is chunking.PARAMS[2] and chunking.LEGACY is chunking.PARAMS[1]
+    assert chunking.LARGEST == 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("number", "section"), CHUNK_SETS)
+def test_chunk_boundaries(number: int, section: str) -> None:
     from pyfastcdc.py.constants import GEAR
 
-    c = V["chunking"]
+    c = V[section]
+    p = chunking.PARAMS[number]
     b = c["buffer"]
     buf = blake3.blake3(b["input"].encode(), key=h(b["blake3_xof_key"])).digest(b["length"])
     assert blake3.blake3(buf).hexdigest() == b["blake3"]
     assert V["epoch_keys"]["cdc_seed"] in [case["seed"] for case in c["cases"]]
     for case in c["cases"]:
-        assert [len(x) for x in chunking.split_bytes(buf, case["seed"])] == case["lengths"]
-        assert [len(x) for x in chunking.split_stream(io.BytesIO(buf), case["seed"])] == case["lengths"]
+        assert [len(x) for x in chunking.split_bytes(buf, case["seed"], p)] == case["lengths"]
+        assert [len(x) for x in chunking.split_stream(io.BytesIO(buf), case["seed"], p)] == case["lengths"]
         pieces = [buf[a:b] for a, b in itertools.pairwise([0, 1, 4096, 131072, 1 << 20, 2 << 20, len(buf)])]
-        assert [len(x) for x in chunking.split_pieces(pieces, case["seed"])] == case["lengths"]
-        ref = _reference_chunker(buf, case["seed"], list(GEAR), int(c["mask_s"], 16), int(c["mask_l"], 16))
+        assert [len(x) for x in chunking.split_pieces(pieces, case["seed"], p)] == case["lengths"]
+        ref = _reference_chunker(
+            buf, case["seed"], list(GEAR), int(c["mask_s"], 16), int(c["mask_l"], 16), p.min, p.avg, p.max
+        )
         assert ref == case["lengths"]
 
 

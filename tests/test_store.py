@@ -27,6 +27,7 @@ from fsobj import crypto
 from fsobj.errors import (
     AccessDeniedError,
     DeletedError,
+    FormatError,
     IntegrityError,
     NoSpaceError,
     NotFoundError,
@@ -71,8 +72,9 @@ payloads = st.one_of(
 
 @pytest.fixture(scope="module")
 def big_data() -> bytes:
-    """56 MiB of random data: well over MAX_INLINE_CHUNKS chunks (~640 KiB mean), so a chunk-list tree."""
-    return rand_bytes(56 * MiB, 40)
+    """112 MiB of random data: well over MAX_INLINE_CHUNKS chunks (chunker set 2: ~1.25 MiB mean),
+    so a chunk-list tree."""
+    return rand_bytes(112 * MiB, 40)
 
 
 # ---------------------------------------------------------------- round trips
@@ -550,11 +552,11 @@ class _FullDisk:
 )
 def test_no_space_left(store_dir: Path, store: Store, monkeypatch, budget: int, new_payload: str) -> None:
     pid = fresh_partition(store)
-    old = rand_bytes(3 * MiB, 11)
+    old = rand_bytes(9 * MiB, 11)  # at least 3 chunks of at most 4 MiB
     v1 = store.put(pid, "k", old)
     versions = version_count(store)
     files = stored(store_dir)
-    data = rand_bytes(3 * MiB, 12) if new_payload == "fresh" else old
+    data = rand_bytes(9 * MiB, 12) if new_payload == "fresh" else old
 
     disk = _FullDisk(budget)
     monkeypatch.setattr(local_blobs, "os", disk)
@@ -708,20 +710,22 @@ def test_failed_syncfs_is_not_ignored(store_dir: Path, store: Store, monkeypatch
     cuts=st.lists(st.integers(0, 7 * 1024 * 1024), max_size=12),
     segment=st.sampled_from([0, 1, 300_000, 3 * 1024 * 1024]),
     seed=st.integers(0, 2**32 - 1),
+    number=st.sampled_from([1, 2]),
 )
 def test_chunking_pieces_cut_like_the_whole(
-    monkeypatch: pytest.MonkeyPatch, length: int, cuts: list[int], segment: int, seed: int
+    monkeypatch: pytest.MonkeyPatch, length: int, cuts: list[int], segment: int, seed: int, number: int
 ) -> None:
     """The cuts of written pieces do not depend on how the bytes were split into pieces,
-    nor on how much is gathered before cutting (``SEGMENT``)."""
+    nor on how much is gathered before cutting (``SEGMENT``), in either parameter set."""
     from fsobj import chunking
 
+    params = chunking.PARAMS[number]
     data = random.Random(seed).randbytes(length)
     monkeypatch.setattr(chunking, "SEGMENT", segment)
     bounds = sorted({0, length, *(c for c in cuts if c < length)})
     pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
-    got = list(chunking.split_pieces(pieces, seed))
-    assert [bytes(c) for c in got] == [bytes(c) for c in chunking.split_bytes(data, seed)]
+    got = list(chunking.split_pieces(pieces, seed, params))
+    assert [bytes(c) for c in got] == [bytes(c) for c in chunking.split_bytes(data, seed, params)]
     assert all(c.readonly for c in got)
 
 
@@ -902,7 +906,7 @@ def test_a_sequential_read_asks_the_disk_for_the_chunks_after_those_it_decrypts(
     from fsobj.store.payload import PREFETCH, WINDOW
 
     pid = fresh_partition(store)
-    v = store.put(pid, "big", rand_bytes(24 * MiB, 7))
+    v = store.put(pid, "big", rand_bytes(48 * MiB, 7))
     paths = blobfiles.file_paths(store.root, chunk_ids(store, v))  # only the last chunk can be a row
     assert len(paths) > WINDOW + PREFETCH
     for p in paths:
@@ -923,7 +927,7 @@ def test_a_sequential_read_asks_the_disk_for_the_chunks_after_those_it_decrypts(
     assert resident(hinted), "the hinted blob was not read ahead"
     assert not any(resident(p) for p in untouched), "blobs beyond the hints were read"
     reader.close()
-    assert store.read_bytes(v) == rand_bytes(24 * MiB, 7)
+    assert store.read_bytes(v) == rand_bytes(48 * MiB, 7)
     store.blobs.prefetch(b"\0" * 32)  # an absent blob: a hint never fails
 
 
@@ -932,3 +936,61 @@ def test_the_allocator_keeps_chunk_buffers() -> None:
     from fsobj.store.payload import keep_chunk_buffers
 
     assert keep_chunk_buffers() is True
+
+
+# ---------------------------------------------------------------- chunker parameter sets
+
+
+def _store_with_chunking(root: Path, ident: crypto.Identity, number: object) -> Store:
+    """A new store whose marker then names ``number`` (``None``: no set, as stores made before set 2)."""
+    import json
+
+    from fsobj.store import MARKER
+
+    Store.init(root)
+    marker = json.loads((root / MARKER).read_text())
+    assert marker["chunking"] == 2  # what ``fsobj init`` writes
+    if number is None:
+        del marker["chunking"]
+    else:
+        marker["chunking"] = number
+    (root / MARKER).write_text(json.dumps(marker))
+    return Store.open(root, ident)
+
+
+@pytest.mark.parametrize("number", [2, None])
+def test_a_store_cuts_with_its_own_chunker_set_and_edits_stay_cheap(tmp_path: Path, alice, number) -> None:
+    """New stores cut with set 2; a store whose marker names no set (made before set 2)
+    keeps set 1, so an edit's new cuts meet the base's again and only the chunks around
+    the edit are stored."""
+    from fsobj import chunking
+    from fsobj.store.payload import Splice
+
+    params = chunking.PARAMS[number or 1]
+    data = rand_bytes(24 * MiB, 81)
+    with _store_with_chunking(tmp_path / "s", alice, number) as store:
+        assert store.payloads.params is params
+        pid = fresh_partition(store)
+        v1 = store.put(pid, "big", data)
+        keys = store.partition(pid).epoch_keys(v1.header.epoch)
+        lengths = [r.length for r in store.payloads.chunk_refs(v1.header, keys)]
+        assert lengths == [len(c) for c in chunking.split_bytes(data, keys.cdc_seed, params)]
+        assert all(params.min <= n <= params.max for n in lengths[:-1])
+        before = stored(tmp_path / "s")
+        edited = bytearray(data)
+        mid = len(data) // 2
+        edited[mid : mid + 4096] = rand_bytes(4096, 82)
+        new_bytes = bytes(edited)
+        v2 = store.update(v1, source=Splice(v1.header, len(new_bytes), (mid, mid + 4096), lambda a: [new_bytes[a:]]))
+        new = stored(tmp_path / "s") - before
+        # the chunk(s) around the edit, the block(s) list, the header: nothing else
+        assert 2 <= len(new) <= 6, len(new)
+        assert store.read_bytes(store.get(pid, "big")) == new_bytes
+        assert len(set(chunk_ids(store, v1)) - set(chunk_ids(store, v2))) <= 2
+        assert v2.header.prev == v1.hash
+
+
+@pytest.mark.parametrize("number", [3, 0, "2", True, 2.0])
+def test_a_store_naming_an_unknown_chunker_set_is_refused(tmp_path: Path, alice, number) -> None:
+    with pytest.raises(FormatError, match=r"chunker parameter set .* is not supported"):
+        _store_with_chunking(tmp_path / "s", alice, number)

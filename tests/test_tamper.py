@@ -63,9 +63,9 @@ class Obj:
 
 @pytest.fixture
 def obj(store: Store) -> Obj:
-    """Object "k" with two versions of ~2 MiB each (several chunks, none shared)."""
+    """Object "k" with two versions of ~5 MiB each (several chunks of at most 4 MiB, none shared)."""
     pid = store.create_partition("docs").id
-    d1, d2 = rand_bytes(2 * MiB, 1), rand_bytes(2 * MiB + 5, 2)
+    d1, d2 = rand_bytes(5 * MiB, 1), rand_bytes(5 * MiB + 5, 2)
     v1 = store.put(pid, "k", d1)
     v2 = store.put(pid, "k", d2)
     o = Obj(store, pid, v1, v2, d1, d2)
@@ -140,7 +140,7 @@ def test_missing_chunk_blob(obj: Obj) -> None:
 
 def test_tampered_chunk_list_node(store: Store) -> None:
     pid = store.create_partition("big").id
-    data = rand_bytes(56 * MiB, 5)
+    data = rand_bytes(112 * MiB, 5)
     v = store.put(pid, "big", data)
     assert v.header.tree is not None
     node = StoredBlob(store.root, v.header.tree[0])

@@ -39,7 +39,7 @@ from fsobj.store.payload import PREFETCH
 CACHE_CHUNKS = 12
 READ_AHEAD = 8
 INLINE_CHUNK = 64 * 1024  # a single chunk up to this size is read on the trio thread
-ARENA = 16 * 1024 * 1024  # a sequential reader's chunks are decrypted into this much memory (plus MAX_SIZE)
+ARENA = 16 * 1024 * 1024  # a sequential reader's chunks are decrypted into this much memory (plus the largest chunk)
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ class PayloadReader:
             if len(self._refs) < 2:
                 return None
             self._ring = min(ARENA, self.length)
-            self._arena = bytearray(self._ring + (chunking.MAX_SIZE if self.length > self._ring else 0))
+            self._arena = bytearray(self._ring + (chunking.LARGEST if self.length > self._ring else 0))
         a = self._offsets[i] % self._ring
         b = a + self._refs[i].length
         if b > len(self._arena):

@@ -34,7 +34,7 @@ from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 
-from fsobj import crypto
+from fsobj import chunking, crypto
 from fsobj.blobs import BlobStore
 from fsobj.blobs.local import LocalBlobStore, fsync_dir
 from fsobj.errors import (
@@ -148,13 +148,20 @@ def is_store(path: Path) -> bool:
 class Store(PartitionsMixin):
     """An open store, acting as one unlocked identity."""
 
-    def __init__(self, root: Path, identity: crypto.Identity, blobs: BlobStore | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        identity: crypto.Identity,
+        blobs: BlobStore | None = None,
+        *,
+        chunk_params: chunking.Params,
+    ) -> None:
         self.root = Path(root)
         self.identity = identity
         self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(self.root)
         self.index = Index(self.root / "index.sqlite")
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="fsobj-io")
-        self.payloads = PayloadIO(self.blobs, self.pool)
+        self.payloads = PayloadIO(self.blobs, self.pool, chunk_params)
         self.session = crypto.Session(identity, int(time.time()))
         self._views: dict[bytes, PartitionView] = {}
         self._listing: dict[tuple[bytes, bool], tuple[int, list[tuple]]] = {}  # (pid, with removed)
@@ -174,7 +181,15 @@ class Store(PartitionsMixin):
         root.mkdir(parents=True, exist_ok=True)
         LocalBlobStore.create(root)
         Index(root / "index.sqlite").create()
-        _write_marker(root, {"format": STORE_FORMAT, "version": STORE_VERSION, "store_id": os.urandom(16).hex()})
+        _write_marker(
+            root,
+            {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "store_id": os.urandom(16).hex(),
+                "chunking": chunking.DEFAULT.number,
+            },
+        )
 
     @classmethod
     def open(cls, root: Path, identity: crypto.Identity) -> Store:
@@ -182,7 +197,7 @@ class Store(PartitionsMixin):
         marker = check_store(root)
         if marker["version"] != STORE_VERSION:
             _upgrade(root, marker)
-        store = cls(root, identity)
+        store = cls(root, identity, chunk_params=chunk_params_of(marker, root))
         if not store.index.path.exists():
             # A deleted index: empty until rebuilt; gc must not run on it.
             store.index.create()
@@ -866,4 +881,16 @@ def check_store(root: Path) -> dict[str, object]:
             f"{root}: store format version {doc.get('version')} is not supported"
             f" (this fsobj reads {', '.join(map(str, READABLE_VERSIONS))})"
         )
+    chunk_params_of(doc, root)
     return doc
+
+
+def chunk_params_of(marker: dict[str, object], root: Path | str = "store") -> chunking.Params:
+    """The chunker parameter set the marker names (``chunking``); set 1 if it names none
+    (stores made before set 2). An unknown set is refused: edits would be cut differently."""
+    number = marker.get("chunking", chunking.LEGACY.number)
+    params = chunking.PARAMS.get(number) if type(number) is int else None
+    if params is None:
+        known = ", ".join(map(str, chunking.PARAMS))
+        raise FormatError(f"{root}: chunker parameter set {number!r} is not supported (this fsobj knows {known})")
+    return params

@@ -3,8 +3,9 @@
 Owns: the pipeline between a byte stream and the chunk blobs of one version,
 including the chunk-list tree of large payloads (linked child objects). Work
 per chunk (keyed hash, AES-GCM, blob write) runs in a shared thread
-pool with a bounded window, so memory stays at ``window x MAX_SIZE`` whatever
-the payload size. Never touches SQL.
+pool with a bounded window, so memory stays at ``window x`` the largest chunk
+whatever the payload size. Where to cut is the store's chunker parameter set
+(``fsobj.chunking``), which this class is given. Never touches SQL.
 """
 
 from __future__ import annotations
@@ -190,9 +191,10 @@ def _hash_until(content: Iterator[bytes | memoryview], n: int, asm: _Assembly) -
 class PayloadIO:
     """Reads and writes payloads of one partition epoch."""
 
-    def __init__(self, blobs: BlobStore, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, blobs: BlobStore, pool: ThreadPoolExecutor, params: chunking.Params) -> None:
         self.blobs = blobs
         self.pool = pool
+        self.params = params  # the store's chunker parameter set
         # The whole-payload checksum is sequential: one thread computes it, in
         # submission order (FIFO), beside the chunker (BLAKE3 releases the GIL).
         self.checksum_pool = ThreadPoolExecutor(1, thread_name_prefix="fsobj-checksum")
@@ -251,12 +253,12 @@ class PayloadIO:
         for piece in it:
             head.append(piece)
             got += len(piece)
-            if got > chunking.MIN_SIZE:
+            if got > self.params.min:
                 break
-        if got <= chunking.MIN_SIZE:
+        if got <= self.params.min:
             return self._write_small(b"".join(head), keys, pid, progress)
         with _Assembly(self, keys, pid, progress, stored) as asm:
-            for data in chunking.split_pieces(itertools.chain(head, it), keys.cdc_seed):
+            for data in chunking.split_pieces(itertools.chain(head, it), keys.cdc_seed, self.params):
                 asm.add_new(data)
             return asm.finish()
 
@@ -271,7 +273,7 @@ class PayloadIO:
         holding the first changed byte up to the first cut after the last changed
         byte that falls on one of the base's cuts are cut, identified and stored
         again. A chunk's cut depends only on its own bytes, unless it starts less
-        than ``MAX_SIZE`` before the end: so when the length changes, the base's
+        than the maximum chunk size before the end: so when the length changes, the base's
         last chunks are cut again too. Only the blocks (``BLOCK_SIZE``) from the one
         holding the first re-cut byte to the one holding the last are hashed again
         (their unchanged bytes read through ``content``); the kept chunks are
@@ -298,7 +300,7 @@ class PayloadIO:
                 blocks=base.blocks,
                 block_tree=base.block_tree,
             )
-        if min(base.length, splice.length) <= chunking.MIN_SIZE:
+        if min(base.length, splice.length) <= self.params.min:
             return self.write_pieces(splice.content(0), keys, pid, progress)
         first, last = splice.span if splice.span is not None else (splice.length, splice.length)
         same_length = splice.length == base.length
@@ -308,7 +310,7 @@ class PayloadIO:
         while (
             keep < len(refs)
             and offsets[keep + 1] <= first
-            and (same_length or limit - offsets[keep] >= chunking.MAX_SIZE)
+            and (same_length or limit - offsets[keep] >= self.params.max)
         ):
             keep += 1
         start = offsets[keep]
@@ -321,7 +323,7 @@ class PayloadIO:
             content = iter(splice.content(read_from))
             try:
                 pieces = _hash_until(content, start - read_from, asm)
-                cuts = chunking.split_pieces(pieces, keys.cdc_seed)
+                cuts = chunking.split_pieces(pieces, keys.cdc_seed, self.params)
                 try:
                     for data in cuts:
                         asm.add_new(data)
@@ -477,7 +479,7 @@ class PayloadIO:
         want = ref.length + crypto.ENVELOPE_OVERHEAD
         scratch: bytearray | None = getattr(self._scratch, "buf", None)
         if scratch is None or len(scratch) <= want:
-            scratch = self._scratch.buf = bytearray(max(want + 1, chunking.MAX_SIZE + crypto.ENVELOPE_OVERHEAD + 1))
+            scratch = self._scratch.buf = bytearray(max(want + 1, chunking.LARGEST + crypto.ENVELOPE_OVERHEAD + 1))
         view = memoryview(scratch)
         try:
             got = self.blobs.get_into(ref.id, view[: want + 1])
@@ -558,12 +560,12 @@ class PayloadIO:
 def keep_chunk_buffers() -> bool:
     """Let this process reuse freed chunk-sized buffers instead of mapping fresh pages.
 
-    Each chunk read or written allocates a few buffers of up to ``MAX_SIZE``
+    Each chunk read or written allocates a few buffers of up to a chunk's size
     (the blob's bytes, the plaintext, a joined read reply). glibc serves
     allocations above its mmap threshold with fresh mappings, which the
     kernel faults in and zeroes page by page: a cold read of 1 GiB through the
     mount took about 125,000 page faults. Raising the threshold above the
-    largest chunk keeps these buffers in the heap, where they are reused
+    largest chunk (4 MiB) keeps these buffers in the heap, where they are reused
     (28,000 faults, 10-15 % faster cold reads). The trim threshold keeps the
     heap from being handed back after every chunk: a streaming write has more
     in flight (its queue, the pieces it holds, the window's plaintext and
@@ -584,9 +586,9 @@ def keep_chunk_buffers() -> bool:
     return all(
         mallopt(param, value)
         for param, value in (
-            (m_mmap_threshold, 4 * chunking.MAX_SIZE),
-            (m_trim_threshold, 48 * chunking.MAX_SIZE),
-            (m_top_pad, 16 * chunking.MAX_SIZE),
+            (m_mmap_threshold, 8 * chunking.MiB),
+            (m_trim_threshold, 96 * chunking.MiB),
+            (m_top_pad, 32 * chunking.MiB),
         )
     )
 

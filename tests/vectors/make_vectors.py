@@ -235,27 +235,36 @@ def wrap_by_hand(
     }
 
 
-def chunking_section(seeds: list[int]) -> dict[str, Any]:
-    from pyfastcdc.py.constants import GEAR
+# the FastCDC masks of each parameter set, written out (MASKS[bits + 1], MASKS[bits - 1])
+CHUNK_MASKS = {1: ("0x0000d91747537000", "0x0000d90707537000"), 2: ("0x0000d91767537000", "0x0000d91707537000")}
+CHUNK_BUFFER_LENS = {1: CHUNK_BUFFER_LEN, 2: 6 * 1024 * 1024}  # a few chunks of each set
 
+
+def chunking_section(seeds: list[int], params: chunking.Params) -> dict[str, Any]:
+    from pyfastcdc.py.constants import GEAR, MASKS
+
+    bits = params.avg.bit_length() - 1
+    mask_s, mask_l = CHUNK_MASKS[params.number]
+    assert (MASKS[bits + 1], MASKS[bits - 1]) == (int(mask_s, 16), int(mask_l, 16))
+    length = CHUNK_BUFFER_LENS[params.number]
     xof_key = fixed("chunking buffer key")
-    buf = blake3.blake3(b"", key=xof_key).digest(CHUNK_BUFFER_LEN)
+    buf = blake3.blake3(b"", key=xof_key).digest(length)
     cases = []
     for seed in seeds:
-        lengths = [len(c) for c in chunking.split_bytes(buf, seed)]
+        lengths = [len(c) for c in chunking.split_bytes(buf, seed, params)]
         assert sum(lengths) == len(buf)
         cases.append({"seed": seed, "lengths": lengths})
     return {
-        "avg_size": chunking.AVG_SIZE,
-        "min_size": chunking.MIN_SIZE,
-        "max_size": chunking.MAX_SIZE,
-        "mask_s": "0x0000d91747537000",
-        "mask_l": "0x0000d90707537000",
+        "avg_size": params.avg,
+        "min_size": params.min,
+        "max_size": params.max,
+        "mask_s": mask_s,
+        "mask_l": mask_l,
         "gear_table_blake3": blake3.blake3(struct.pack("<256Q", *GEAR)).hexdigest(),
         "buffer": {
             "blake3_xof_key": xof_key.hex(),
             "input": "",
-            "length": CHUNK_BUFFER_LEN,
+            "length": length,
             "blake3": blake3.blake3(buf).hexdigest(),
         },
         "cases": cases,
@@ -555,7 +564,8 @@ def build() -> dict[str, Any]:
     out["store_marker"] = {"json": json.dumps(marker, indent=2, sort_keys=True) + "\n"}
 
     # ---- chunking
-    out["chunking"] = chunking_section([0, ek_v["cdc_seed"]])
+    out["chunking"] = chunking_section([0, ek_v["cdc_seed"]], chunking.PARAMS[1])
+    out["chunking_2"] = chunking_section([0, ek_v["cdc_seed"]], chunking.PARAMS[2])
     return out
 
 
