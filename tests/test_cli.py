@@ -107,7 +107,7 @@ def test_checksum_of_a_local_file_is_the_checksum_of_the_object(cli: Cli, tmp_pa
 
 def test_purge_frees_blobs_and_gc_keeps_live_data(cli: Cli, tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    big.write_bytes(os.urandom(12 * 1024 * 1024))  # at least 3 chunks of at most 4 MiB
     cli.run("put", "docs", "big", str(big))
     cli.run("put", "docs", "keep", "-", input=b"keep me")
     before = blobfiles.stored(cli.store)

@@ -261,7 +261,7 @@ def test_invalid_sort_keys_rejected(store: Store) -> None:
 
 def test_identical_content_stores_no_new_chunks(store_dir: Path, store: Store) -> None:
     pid = fresh_partition(store)
-    data = rand_bytes(3 * MiB, 7)
+    data = rand_bytes(9 * MiB, 7)  # at least 3 chunks of at most 4 MiB
     v1 = store.put(pid, "a", data)
     assert len(chunk_ids(store, v1)) >= 2
     before = stored(store_dir)
