@@ -43,8 +43,11 @@ class Params:
 
 
 PARAMS = {
-    1: Params(1, min=128 * KiB, avg=512 * KiB, max=2 * MiB),
-    2: Params(2, min=256 * KiB, avg=1 * MiB, max=4 * MiB),
+    p.number: p
+    for p in (
+        Params(1, min=128 * KiB, avg=512 * KiB, max=2 * MiB),
+        Params(2, min=256 * KiB, avg=1 * MiB, max=4 * MiB),
+    )
 }
 DEFAULT = PARAMS[2]  # what new stores use
 LEGACY = PARAMS[1]  # what a store whose marker names no set uses

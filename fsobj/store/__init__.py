@@ -885,7 +885,7 @@ def check_store(root: Path) -> dict[str, object]:
     return doc
 
 
-def chunk_params_of(marker: dict[str, object], root: Path | str = "store") -> chunking.Params:
+def chunk_params_of(marker: dict[str, object], root: Path) -> chunking.Params:
     """The chunker parameter set the marker names (``chunking``); set 1 if it names none
     (stores made before set 2). An unknown set is refused: edits would be cut differently."""
     number = marker.get("chunking", chunking.LEGACY.number)
