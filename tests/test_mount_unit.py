@@ -860,6 +860,62 @@ def test_a_damaged_chunk_read_into_the_arena_fails_and_its_bytes_are_never_answe
     trio.run(main)
 
 
+def test_a_replaced_reader_stops_its_read_ahead_and_finishes_reads_in_flight(fs_store: Store) -> None:
+    """A commit gives an open file a new version and so a new reader: the old one's
+    read-ahead that nobody waits for is cancelled before it starts, it reads no further
+    ahead, and a read still waiting for one of its chunks gets the right bytes. The
+    payload threads are held busy so that the read-ahead is still queued when the
+    replacement comes."""
+    import threading
+
+    from fsobj.fs.openfile import OpenFile
+    from fsobj.fs.reader import READ_AHEAD, PayloadReader
+    from fsobj.store import WORKERS
+
+    data, version, view, _ = _big_version(fs_store, 24 * 1024 * 1024, 8)
+    newer = fs_store.put("p", "big8", b"the file is rewritten")
+    refs = fs_store.payloads.chunk_refs(version.header, view.epoch_keys(version.header.epoch))
+    offsets = [sum(r.length for r in refs[:i]) for i in range(len(refs))]
+    assert len(refs) > 2 + READ_AHEAD
+    of = OpenFile(99, view.id, version.header.base_hash, version.sort_key, version, version.header.posix)
+    reader = of.reader(fs_store, view)
+    assert isinstance(reader, PayloadReader)
+    reader.load_refs()
+    gate = threading.Event()
+    held = [fs_store.payloads.pool.submit(gate.wait, 30) for _ in range(WORKERS)]
+    got: list[bytes] = []
+
+    async def read_chunk_2() -> None:
+        got.append(bytes(await reader.read(offsets[2] + 7, 4096)))
+
+    async def main() -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_chunk_2)
+                await trio.sleep(0.2)  # it waits for chunk 2; chunks 3.. are queued behind it
+                queued = dict(reader._pending)
+                # up to READ_AHEAD chunks ahead, within half the arena
+                assert 2 in queued and len(queued) >= 4, sorted(queued)
+                of.base = newer
+                assert of.reader(fs_store, view) is not reader  # the old reader is retired
+                assert set(reader._pending) == {2}, "read-ahead nobody waits for is still queued"
+                assert all(fut.cancelled() for i, fut in queued.items() if i != 2)
+                gate.set()
+        finally:
+            gate.set()
+        assert got == [data[offsets[2] + 7 : offsets[2] + 7 + 4096]]
+        assert not reader._pending or all(f.done() for f in reader._pending.values())
+        # a retired reader still answers, without reading ahead
+        assert bytes(await reader.read(offsets[5], 100)) == data[offsets[5] : offsets[5] + 100]
+        assert set(reader._pending) <= {5}
+        reader.close()
+        of.close_reader()
+
+    trio.run(main)
+    for f in held:
+        f.result(timeout=5)
+
+
 def test_a_partition_view_crosses_to_the_helper_as_its_id(fs_store: Store) -> None:
     """A message to the helper carries a view as its partition id: the helper's
     store opens its own view (one per partition per message); a process without

@@ -79,6 +79,8 @@ class OpenFile:
         if self.base is None:
             return None
         if self._reader is None or self._reader.version.hash != self.base.hash:
+            if self._reader is not None:
+                self._reader.retire()  # reads of the old version still in flight finish
             self._reader = PayloadReader(store, view, self.base)
         return self._reader
 

@@ -19,6 +19,10 @@ a chunk's region is given to another chunk only when nothing holds the chunk
 (no fetch in flight, no reader waiting for it or pinning it); a read pins its
 chunks until it returns; pyfuse3 copies the reply before any other task runs.
 Callers that keep bytes across an ``await`` ask for a copy (``keep=True``).
+
+When a commit gives an open file a new version, its reader is *retired*
+(``retire``): read-ahead nobody waits for is cancelled unless it has started,
+and it reads no further ahead; reads already waiting for its chunks finish.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class PayloadReader:
         self._ring = 0  # a chunk at payload offset o sits at o % _ring in the arena
         self._where: dict[int, int] = {}  # chunk -> its start in the arena, until another chunk takes the place
         self._last = -2
+        self._retired = False  # a newer version's reader took over: read no further ahead
 
     # ------------------------------------------------------------ chunk list
     def load_refs(self) -> None:
@@ -193,7 +198,7 @@ class PayloadReader:
         # the kernel's read-ahead keeps several reads in flight, answered out of order
         sequential = self._last - READ_AHEAD <= i <= self._last + READ_AHEAD
         self._last = max(i, self._last) if sequential else i
-        if sequential:
+        if sequential and not self._retired:
             self._read_ahead(i)
         data = self._cache.get(i)
         if data is not None:
@@ -242,6 +247,17 @@ class PayloadReader:
             elif j not in self._where:
                 del self._pending[j]
             # else: it is writing into the arena; it stays pending until done and its place is needed
+
+    def retire(self) -> None:
+        """A newer version replaced this one: read-ahead that nobody waits for and that
+        has not started is cancelled, and no more is started. Reads still waiting for a
+        chunk of this version get it; a fetch already running finishes and keeps its
+        place in the arena (it is still in ``_pending``, so no other chunk is put there)."""
+        self._retired = True
+        for i in [i for i, fut in self._pending.items() if not self._waiting[i] and fut.cancel()]:
+            del self._pending[i]
+            self._where.pop(i, None)
+        self._cache.clear()
 
     def close(self) -> None:
         for fut in self._pending.values():
