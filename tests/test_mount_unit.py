@@ -860,6 +860,47 @@ def test_a_damaged_chunk_read_into_the_arena_fails_and_its_bytes_are_never_answe
     trio.run(main)
 
 
+def test_readers_share_an_arena_budget_and_read_lean_beyond_it(fs_store: Store) -> None:
+    """Two files read sequentially side by side with room for one arena: the first
+    gets it, the second reads lean (own buffers, LEAN_AHEAD chunks ahead, LEAN_CACHE
+    kept) and right. When the first closes, the second takes the arena at its next
+    fetch; retiring it gives the room back, and it still answers."""
+    from fsobj import chunking
+    from fsobj.fs.reader import ARENA, LEAN_AHEAD, LEAN_CACHE, ArenaBudget, PayloadReader
+
+    mib = 1024 * 1024
+    one = ARENA + chunking.LARGEST  # the arena of a file bigger than ARENA
+    budget = ArenaBudget(one + mib)
+    files = [_big_version(fs_store, 24 * mib, seed) for seed in (9, 10)]
+    readers = [PayloadReader(fs_store, view, version, budget) for _, version, view, _ in files]
+
+    async def check(k: int, off: int) -> None:
+        data = files[k][0]
+        assert bytes(await readers[k].read(off, mib)) == data[off : off + mib], f"file {k} at {off}"
+
+    async def main() -> None:
+        for i in range(12):
+            for k in (0, 1):
+                await check(k, i * mib)
+            assert len(readers[1]._pending) <= LEAN_AHEAD + 1
+            assert len(readers[1]._cache) <= LEAN_CACHE
+        assert readers[0]._arena is not None and budget.used == one
+        assert readers[1]._arena is None and readers[1]._lean
+        readers[0].close()
+        assert budget.used == 0
+        await check(1, 12 * mib)
+        assert readers[1]._arena is not None and not readers[1]._lean and budget.used == one
+        for i in range(13, 24):
+            await check(1, i * mib)
+        readers[1].retire()
+        assert budget.used == 0
+        await check(1, 3 * mib)
+        readers[1].close()
+        assert budget.used == 0
+
+    trio.run(main)
+
+
 def test_a_replaced_reader_stops_its_read_ahead_and_finishes_reads_in_flight(fs_store: Store) -> None:
     """A commit gives an open file a new version and so a new reader: the old one's
     read-ahead that nobody waits for is cancelled before it starts, it reads no further
@@ -878,7 +919,7 @@ def test_a_replaced_reader_stops_its_read_ahead_and_finishes_reads_in_flight(fs_
     offsets = [sum(r.length for r in refs[:i]) for i in range(len(refs))]
     assert len(refs) > 2 + READ_AHEAD
     of = OpenFile(99, view.id, version.header.base_hash, version.sort_key, version, version.header.posix)
-    reader = of.reader(fs_store, view)
+    reader = of.reader(fs_store, view, None)
     assert isinstance(reader, PayloadReader)
     reader.load_refs()
     gate = threading.Event()
@@ -897,7 +938,7 @@ def test_a_replaced_reader_stops_its_read_ahead_and_finishes_reads_in_flight(fs_
                 # up to READ_AHEAD chunks ahead, within half the arena
                 assert 2 in queued and len(queued) >= 4, sorted(queued)
                 of.base = newer
-                assert of.reader(fs_store, view) is not reader  # the old reader is retired
+                assert of.reader(fs_store, view, None) is not reader  # the old reader is retired
                 assert set(reader._pending) == {2}, "read-ahead nobody waits for is still queued"
                 assert all(fut.cancelled() for i, fut in queued.items() if i != 2)
                 gate.set()

@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 import trio
 
-from fsobj.fs.reader import PayloadReader
+from fsobj.fs.reader import ArenaBudget, PayloadReader
 from fsobj.fs.staging import BASE, DIRTY, Staging
 from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import Ref
@@ -75,13 +75,14 @@ class OpenFile:
             return self.staging.size
         return self.base.length if self.base is not None else 0
 
-    def reader(self, store: Store, view: PartitionView) -> PayloadReader | None:
+    def reader(self, store: Store, view: PartitionView, budget: ArenaBudget | None) -> PayloadReader | None:
+        """The reader of the base version (made on first use; ``budget``: the mount's)."""
         if self.base is None:
             return None
         if self._reader is None or self._reader.version.hash != self.base.hash:
             if self._reader is not None:
                 self._reader.retire()  # reads of the old version still in flight finish
-            self._reader = PayloadReader(store, view, self.base)
+            self._reader = PayloadReader(store, view, self.base, budget)
         return self._reader
 
     def close_reader(self) -> None:
@@ -166,13 +167,13 @@ class OpenFile:
     def payload_changed(self) -> bool:
         return self.staging is not None or self.base is None
 
-    def source(self, store: Store, view: PartitionView) -> Source:
+    def source(self, store: Store, view: PartitionView, budget: ArenaBudget | None) -> Source:
         """A factory of the byte stream of the next version (called in a worker thread).
 
         A factory, because a conflict copy reads the same bytes a second time.
         """
         staging = self.staging
-        reader = self.reader(store, view)
+        reader = self.reader(store, view, budget)
         if staging is None:
             # the payload is the base's (commits pass source=... then; a conflict copy reads it)
             return lambda: IterStream(reader.iter_range(0, reader.length)) if reader else b""

@@ -33,6 +33,7 @@ from fsobj.fs.committer import Committer
 from fsobj.fs.helper import CommitHelper, HelperError, NotPortable
 from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
+from fsobj.fs.reader import ArenaBudget
 from fsobj.fs.tree import (
     HistoryTree,
     PartitionTree,
@@ -158,6 +159,7 @@ class MountState:
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, tuple[NodeKey, list[tuple[str, NodeKey]] | None]] = {}
         self.versions = VersionCache()
+        self.arena_budget = ArenaBudget()  # the read arenas of all open files together
         # absoluteHash -> (pid, length, created_us, baseHash): version files' attributes from index rows
         self.ver_info: dict[bytes, tuple[bytes, int, int, bytes]] = {}
         self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
