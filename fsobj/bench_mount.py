@@ -5,6 +5,12 @@ run and on the same disk, on a plain directory, a gocryptfs mount (if the
 ``gocryptfs`` binary is installed) and an fsobj mount, with ordinary tools
 (``cp``, ``cat``, ``ls -l``) and plain system calls; each figure is reported
 with its ratio to gocryptfs. Cold reads remount and drop the page cache (root).
+
+The daemons it starts run the ``fsobj`` this process imported, whatever the
+working directory: ``python -m`` puts the working directory first on
+``sys.path``, so a daemon started from a checkout would otherwise run that
+checkout's code (``Daemon.env``, and the daemons' working directory is their
+target's own).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from fsobj.blobs.local import fsync_dir
 from fsobj.store import Store
 
 FileOps = Callable[[Path], None]
+
+#: the directory that holds the ``fsobj`` package this process runs
+SOURCE = str(Path(__file__).resolve().parent.parent)
 BIG = "big.bin"
 COLD_READS = 3  # cold reads of the big file per target and round, interleaved across targets
 
@@ -34,8 +43,8 @@ class Target:
 
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
-        self.root = root
-        self.mnt = root / "mnt"
+        self.root = root.resolve()  # the daemons run in it: every path they get is absolute
+        self.mnt = self.root / "mnt"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +68,7 @@ class Plain(Target):
 class Gocryptfs(Target):
     def __init__(self, root: Path) -> None:
         super().__init__("gocryptfs", root)
-        self.cipher = root / "cipher"
+        self.cipher = self.root / "cipher"
 
     def mount(self) -> None:
         super().mount()
@@ -79,17 +88,24 @@ class Gocryptfs(Target):
 class Daemon(Target):
     """A target served by a daemon this process starts, and always stops."""
 
-    def _start(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def __init__(self, name: str, root: Path) -> None:
+        super().__init__(name, root)
+        path = os.environ.get("PYTHONPATH")
+        self.env = dict(os.environ, PYTHONPATH=SOURCE + (os.pathsep + path if path else ""))
+
+    def _start(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            args, env=self.env, cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 60
         while not os.path.ismount(self.mnt):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the {self.name} mount did not come up")
             time.sleep(0.05)
 
-    def _stop(self, unmount: list[str], env: dict[str, str] | None = None) -> None:
+    def _stop(self, unmount: list[str]) -> None:
         assert self.proc is not None
-        subprocess.run(unmount, env=env, check=False)
+        subprocess.run(unmount, env=self.env, cwd=self.root, check=False)
         try:
             self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -102,9 +118,9 @@ class Daemon(Target):
 class Fsobj(Daemon):
     def __init__(self, root: Path) -> None:
         super().__init__("fsobj", root)
-        self.store = root / "store"
-        self.ident = root / "identity.json"
-        self.env = dict(os.environ, FSOBJ_PASSPHRASE=PASS, FSOBJ_IDENTITY=str(self.ident))
+        self.store = self.root / "store"
+        self.ident = self.root / "identity.json"
+        self.env.update(FSOBJ_PASSPHRASE=PASS, FSOBJ_IDENTITY=str(self.ident))
         self.hwm_kib = 0
 
     @property
@@ -118,12 +134,12 @@ class Fsobj(Daemon):
             ident = identity_files.create(self.ident, "bench", PASS)
             with Store.open(self.store, ident) as s:
                 s.create_partition("bench")
-        self._start([sys.executable, "-m", "fsobj", "mount", "--foreground", str(self.store), str(self.mnt)], self.env)
+        self._start([sys.executable, "-m", "fsobj", "mount", "--foreground", str(self.store), str(self.mnt)])
 
     def unmount(self) -> None:
         assert self.proc is not None
         self.hwm_kib = max(self.hwm_kib, _vm_hwm_kib(self.proc.pid))
-        self._stop([sys.executable, "-m", "fsobj", "umount", str(self.mnt)], self.env)
+        self._stop([sys.executable, "-m", "fsobj", "umount", str(self.mnt)])
 
     def peak_rss_mib(self) -> float | None:
         return round(self.hwm_kib / 1024, 1)

@@ -282,6 +282,32 @@ def test_bench_reports_figures_and_targets(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "bench cleans up its scratch directory"
 
 
+def test_bench_daemons_run_the_benchs_own_code_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m fsobj`` imports the working directory's ``fsobj`` first: started from
+    a directory holding another ``fsobj`` (a checkout, a copy under test), the bench's
+    daemon must still run the code of the bench that started it."""
+    from fsobj import bench_mount
+
+    decoy = tmp_path / "decoy"
+    (decoy / "fsobj").mkdir(parents=True)
+    (decoy / "fsobj" / "__init__.py").write_text("raise SystemExit('the decoy fsobj ran')\n")
+    (decoy / "fsobj" / "__main__.py").write_text("raise SystemExit('the decoy fsobj ran')\n")
+    monkeypatch.chdir(decoy)
+    target = bench_mount.Fsobj(Path("target"))  # relative: the daemon gets absolute paths
+    assert target.root == decoy / "target"
+    target.mount()
+    try:
+        assert os.path.ismount(target.mnt)
+        (target.work / "f").write_bytes(b"written through the daemon")
+        assert (target.work / "f").read_bytes() == b"written through the daemon"
+    finally:
+        if target.proc is not None:
+            target.unmount()
+    assert not os.path.ismount(target.mnt)
+
+
 def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) -> None:
     small = "--size-mib 3 --small-files 20 --dir-entries 30 --versions 5 --rss-size-mib 0 --rounds 2"
     proc = subprocess.run(
