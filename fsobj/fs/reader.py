@@ -195,7 +195,8 @@ class PayloadReader:
         self, off: int, n: int, limiter: trio.CapacityLimiter | None = None, keep: bool = False
     ) -> bytes | memoryview:
         """Bytes [off, off+n) clipped to the payload. Without ``keep`` the answer may be
-        a view into the cache or the arena, valid until the caller's next ``await``."""
+        a view into the cache or the arena, valid until the caller's next ``await``; with
+        it, ``bytes`` or a view of a chunk's own ``bytes`` (immutable), never of the arena."""
         end = min(off + n, self.length)
         if off >= end:
             return b""
