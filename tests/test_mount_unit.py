@@ -392,6 +392,54 @@ def test_sequential_writes_stream_the_payload_and_others_fall_back(
     run(fs_store, tmp_path, scenario)
 
 
+def test_files_written_at_once_beyond_the_stream_slots_commit_from_their_staging(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one stream slot: the first of two files written side by side streams, the
+    second (declined when it reaches START_AT) commits from its staging; both are right,
+    and once the first stream's thread has ended a third file streams again."""
+    import threading
+
+    from fsobj.fs.stream import MAX_STREAMS, START_AT
+
+    assert MAX_STREAMS >= 1
+    mib = 1024 * 1024
+    data = [os.urandom(5 * mib + k) for k in range(3)]
+    piece = 128 * 1024
+    streamed = _spy_streamed(monkeypatch)
+
+    async def scenario(fs: Filesystem) -> None:
+        fs.stream_slots = threading.BoundedSemaphore(1)
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        handles = [await fs.create(part, f"f{k}", 0o644, os.O_RDWR, 0, 0) for k in range(2)]
+        for off in range(0, 5 * mib + 2, piece):  # side by side, as two cp would
+            for k, (fh, _) in enumerate(handles):
+                if off < len(data[k]):
+                    await fs.write(fh, off, data[k][off : off + piece])
+        ofs = [fs.files[attr.ino] for _, attr in handles]
+        assert ofs[0].stream is not None and ofs[0].stream.started
+        assert ofs[1].stream is None, "the second file streamed without a slot"
+        assert START_AT < 5 * mib
+        for fh, _ in handles:
+            await fs.flush(fh)
+            await fs.release(fh)
+        assert streamed == [True, False]  # the first commit used its stream, the second read the staging
+        for k in range(2):
+            assert fs_store.read_bytes(fs_store.get("p", f"f{k}")) == data[k]
+        assert fs.stream_slots.acquire(timeout=10), "the ended stream kept its slot"
+        fs.stream_slots.release()
+        fh, attr = await fs.create(part, "f2", 0o644, os.O_RDWR, 0, 0)
+        for off in range(0, len(data[2]), piece):
+            await fs.write(fh, off, data[2][off : off + piece])
+        assert fs.files[attr.ino].stream is not None and fs.files[attr.ino].stream.started
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert streamed == [True, False, True]
+        assert fs_store.read_bytes(fs_store.get("p", "f2")) == data[2]
+
+    run(fs_store, tmp_path, scenario)
+
+
 def test_a_streamed_commit_empties_the_spill_file_first_and_a_conflict_copy_uses_its_payload(
     fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -145,7 +145,7 @@ class FileOps(MountState):
                 await self.end_stream(of)  # first: the spill file gets what the stream owes it
                 s = None
             if s is None and fresh:
-                s = of.stream = PayloadStream(self.store, self._view(of))
+                s = of.stream = PayloadStream(self.store, self._view(of), self.stream_slots)
             if s is not None and s.spilling:
                 # the stream owes these bytes to the spill file: they are copied there only
                 # if the commit does not use the stream's payload (fsobj.fs.stream)

@@ -34,6 +34,7 @@ from fsobj.fs.helper import CommitHelper, HelperError, NotPortable
 from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
 from fsobj.fs.reader import ArenaBudget
+from fsobj.fs.stream import MAX_STREAMS
 from fsobj.fs.tree import (
     HistoryTree,
     PartitionTree,
@@ -160,6 +161,7 @@ class MountState:
         self.dirs: dict[int, tuple[NodeKey, list[tuple[str, NodeKey]] | None]] = {}
         self.versions = VersionCache()
         self.arena_budget = ArenaBudget()  # the read arenas of all open files together
+        self.stream_slots = threading.BoundedSemaphore(MAX_STREAMS)  # streaming writes at once
         # absoluteHash -> (pid, length, created_us, baseHash): version files' attributes from index rows
         self.ver_info: dict[bytes, tuple[bytes, int, int, bytes]] = {}
         self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
