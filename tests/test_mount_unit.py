@@ -126,14 +126,26 @@ OPS = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(base=st.binary(max_size=5000), ops=OPS, limit=st.sampled_from([64, 1 << 22]))
-def test_staging_reads_like_a_bytearray(base: bytes, ops: list[tuple[str, int, bytes]], limit: int) -> None:
+@given(
+    base=st.binary(max_size=5000),
+    ops=OPS,
+    limit=st.sampled_from([64, 1 << 22]),
+    budget=st.sampled_from([None, 0, 3000, 1 << 22]),
+)
+def test_staging_reads_like_a_bytearray(
+    base: bytes, ops: list[tuple[str, int, bytes]], limit: int, budget: int | None
+) -> None:
+    """Whatever its memory limit and the mount's budget for stagings in memory, a staging
+    reads like a bytearray given the same writes and truncates; the budget counts exactly
+    the bytes it holds in memory, and gets them all back when it closes."""
     import fsobj.fs.staging as staging_mod
+    from fsobj.fs.budget import ByteBudget
 
     old, staging_mod.MEMORY_LIMIT = staging_mod.MEMORY_LIMIT, limit
+    shared = ByteBudget(budget) if budget is not None else None
     try:
         model = bytearray(base)
-        s = Staging(len(base), None)
+        s = Staging(len(base), None, shared)
         for op, off, data in ops:
             if op == "w":
                 if len(model) < off:
@@ -153,7 +165,10 @@ def test_staging_reads_like_a_bytearray(base: bytes, ops: list[tuple[str, int, b
             else:
                 out += bytes(p.end - p.start)
         assert s.size == len(model) and bytes(out) == bytes(model)
+        if shared is not None:
+            assert shared.used == (len(s._mem) if s._mem is not None else 0) <= shared.limit
         s.close()
+        assert shared is None or shared.used == 0
     finally:
         staging_mod.MEMORY_LIMIT = old
 
@@ -916,11 +931,12 @@ def test_readers_share_an_arena_budget_and_read_lean_beyond_it(fs_store: Store) 
     kept) and right. When the first closes, the second takes the arena at its next
     fetch; retiring it gives the room back, and it still answers."""
     from fsobj import chunking
-    from fsobj.fs.reader import ARENA, LEAN_AHEAD, LEAN_CACHE, ArenaBudget, PayloadReader
+    from fsobj.fs.budget import ByteBudget
+    from fsobj.fs.reader import ARENA, LEAN_AHEAD, LEAN_CACHE, PayloadReader
 
     mib = 1024 * 1024
     one = ARENA + chunking.LARGEST  # the arena of a file bigger than ARENA
-    budget = ArenaBudget(one + mib)
+    budget = ByteBudget(one + mib)
     files = [_big_version(fs_store, 24 * mib, seed) for seed in (9, 10)]
     readers = [PayloadReader(fs_store, view, version, budget) for _, version, view, _ in files]
 

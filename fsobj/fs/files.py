@@ -138,7 +138,7 @@ class FileOps(MountState):
         if h.flushed:
             await self._settle(of)
         async with of.lock:
-            st = of.ensure_staging(self.opts.spill_dir)
+            st = of.ensure_staging(self.opts.spill_dir, self.staging_budget)
             fresh = off == 0 and st.size == 0 and st.base_limit == 0 and not len(st.extents)
             s = of.stream
             if s is not None and (off != s.pos or s.aborted or s.failed):
@@ -401,7 +401,7 @@ class FileOps(MountState):
 
     async def _truncate_of(self, of: OpenFile, size: int) -> None:
         async with of.lock:
-            st = of.ensure_staging(self.opts.spill_dir)
+            st = of.ensure_staging(self.opts.spill_dir, self.staging_budget)
             if size != st.size or size < st.base_limit:
                 await self.end_stream(of)
                 st.truncate(size)

@@ -30,7 +30,8 @@ from typing import BinaryIO
 
 import trio
 
-from fsobj.fs.reader import ArenaBudget, PayloadReader
+from fsobj.fs.budget import ByteBudget
+from fsobj.fs.reader import PayloadReader
 from fsobj.fs.staging import BASE, DIRTY, Staging
 from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import Ref
@@ -75,7 +76,7 @@ class OpenFile:
             return self.staging.size
         return self.base.length if self.base is not None else 0
 
-    def reader(self, store: Store, view: PartitionView, budget: ArenaBudget | None) -> PayloadReader | None:
+    def reader(self, store: Store, view: PartitionView, budget: ByteBudget | None) -> PayloadReader | None:
         """The reader of the base version (made on first use; ``budget``: the mount's)."""
         if self.base is None:
             return None
@@ -91,9 +92,10 @@ class OpenFile:
             self._reader.close()
             self._reader = None
 
-    def ensure_staging(self, spill_dir: str | None) -> Staging:
+    def ensure_staging(self, spill_dir: str | None, budget: ByteBudget | None) -> Staging:
+        """The staging (made on the first change; ``budget``: the mount's for memory)."""
         if self.staging is None:
-            self.staging = Staging(self.base.length if self.base is not None else 0, spill_dir)
+            self.staging = Staging(self.base.length if self.base is not None else 0, spill_dir, budget)
         return self.staging
 
     def touch(self, mtime_ns: int | None = None) -> None:
@@ -167,7 +169,7 @@ class OpenFile:
     def payload_changed(self) -> bool:
         return self.staging is not None or self.base is None
 
-    def source(self, store: Store, view: PartitionView, budget: ArenaBudget | None) -> Source:
+    def source(self, store: Store, view: PartitionView, budget: ByteBudget | None) -> Source:
         """A factory of the byte stream of the next version (called in a worker thread).
 
         A factory, because a conflict copy reads the same bytes a second time.

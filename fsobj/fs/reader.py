@@ -19,8 +19,11 @@ a chunk's region is given to another chunk only when nothing holds the chunk
 (no fetch in flight, no reader waiting for it or pinning it); a read pins its
 chunks until it returns; pyfuse3 copies the reply before any other task runs.
 Callers that keep bytes across an ``await`` ask for a copy (``keep=True``).
-The arenas of a mount share one :class:`ArenaBudget`; a sequential reader that
-finds it spent reads lean until there is room.
+The arenas of a mount share one budget (``fsobj.fs.budget``): without one, every
+file being read sequentially held 20 MiB, and 32 files read at once took the
+daemon to 710 MiB. A sequential reader that finds the budget spent reads *lean*
+(each chunk in its own buffer, ``LEAN_AHEAD`` chunks ahead, ``LEAN_CACHE`` kept)
+and asks again at its next fetch.
 
 When a commit gives an open file a new version, its reader is *retired*
 (``retire``): read-ahead nobody waits for is cancelled unless it has started,
@@ -38,6 +41,7 @@ from typing import TypeVar
 import trio
 
 from fsobj import chunking
+from fsobj.fs.budget import ByteBudget
 from fsobj.model.header import ChunkRef
 from fsobj.store import PartitionView, Store, Version
 from fsobj.store.payload import PREFETCH
@@ -46,7 +50,6 @@ CACHE_CHUNKS = 12
 READ_AHEAD = 8
 INLINE_CHUNK = 64 * 1024  # a single chunk up to this size is read on the trio thread
 ARENA = 16 * 1024 * 1024  # a sequential reader's chunks are decrypted into this much memory (plus the largest chunk)
-ARENA_BUDGET = 64 * 1024 * 1024  # all of a mount's arenas together (ArenaBudget)
 LEAN_AHEAD = 1  # chunks read ahead by a sequential reader that found no room for an arena
 LEAN_CACHE = 2  # chunks such a reader keeps
 
@@ -70,34 +73,11 @@ async def wait_future(fut: Future[T]) -> T:
     return fut.result()
 
 
-class ArenaBudget:
-    """The bytes of arena that a mount's readers may hold together (trio thread only).
-
-    Without a bound, every file being read sequentially held 20 MiB: 32 files read at
-    once took the daemon to 710 MiB. A reader that finds no room reads *lean* (each
-    chunk in its own buffer, ``LEAN_AHEAD`` chunks ahead, ``LEAN_CACHE`` kept) and
-    asks again at its next fetch."""
-
-    def __init__(self, limit: int = ARENA_BUDGET) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self, n: int) -> bool:
-        if self.used + n > self.limit:
-            return False
-        self.used += n
-        return True
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        assert self.used >= 0
-
-
 class PayloadReader:
     """Reads one version's payload by offset (shared by every handle of a file).
     ``budget``: where its arena's bytes are counted (None: not counted)."""
 
-    def __init__(self, store: Store, view: PartitionView, version: Version, budget: ArenaBudget | None = None) -> None:
+    def __init__(self, store: Store, view: PartitionView, version: Version, budget: ByteBudget | None = None) -> None:
         self.store = store
         self.view = view
         self.version = version

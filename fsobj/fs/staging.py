@@ -8,7 +8,9 @@ committed version's payload, read through ``fsobj.fs.reader``) and *zero*
 
 Where plaintext waits (docs/mount.md, "Staging"): in memory up to
 ``MEMORY_LIMIT``, then in an anonymous temporary file (``O_TMPFILE``: it never
-has a name) in the mount's 0700 cache directory, outside the store. Both are
+has a name) in the mount's 0700 cache directory, outside the store. The
+stagings of a mount share a budget of memory (``fsobj.fs.budget``): a staging
+that would grow past it spills to its file at once, whatever its size. Both are
 dropped when the version is committed or the file is discarded. Pure data
 structure: no store, no trio; file I/O is plain ``pread``/``pwrite``.
 
@@ -30,6 +32,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from fsobj.fs.budget import ByteBudget
 
 MEMORY_LIMIT = 4 * 1024 * 1024
 
@@ -99,7 +103,7 @@ class Piece:
 class Staging:
     """The dirty state of one open file over a base payload of ``base_length`` bytes."""
 
-    def __init__(self, base_length: int, spill_dir: str | None) -> None:
+    def __init__(self, base_length: int, spill_dir: str | None, budget: ByteBudget | None = None) -> None:
         self.size = base_length
         self.base_limit = base_length  # bytes below this that are not dirty come from the base
         self.extents = Extents()
@@ -108,12 +112,14 @@ class Staging:
         self._file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
         self.released = False  # the spill file was emptied: its bytes are elsewhere (release)
         self.lost = False  # bytes owed to the spill file could not be written there (lose)
+        self._budget = budget  # the mount's memory for stagings (None: not counted)
+        self._counted = 0  # bytes of _mem counted in it
 
     # ------------------------------------------------------------ changes
     def write(self, off: int, data: bytes) -> None:
         self._readable()
         end = off + len(data)
-        if self._mem is not None and end > MEMORY_LIMIT:
+        if self._mem is not None and (end > MEMORY_LIMIT or not self._count(end)):
             self._spill()
         if self._mem is not None:
             if len(self._mem) < off:
@@ -146,6 +152,7 @@ class Staging:
             self.base_limit = min(self.base_limit, size)
             if self._mem is not None:
                 del self._mem[size:]
+                self._uncount(len(self._mem))
             elif self._file is not None:
                 os.ftruncate(self._file.fileno(), size)
         self.size = size
@@ -155,6 +162,22 @@ class Staging:
         f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="fsobj-staging-")
         pwrite_all(f.fileno(), self._mem, 0)
         self._file, self._mem = f, None  # type: ignore[assignment]
+        self._uncount(0)
+
+    def _count(self, end: int) -> bool:
+        """Count memory for bytes up to ``end`` in the budget; False if it has no room."""
+        if self._budget is None or end <= self._counted:
+            return True
+        if not self._budget.take(end - self._counted):
+            return False
+        self._counted = end
+        return True
+
+    def _uncount(self, keep: int) -> None:
+        """Give the budget back what is counted beyond ``keep`` bytes."""
+        if self._budget is not None and self._counted > keep:
+            self._budget.give(self._counted - keep)
+            self._counted = keep
 
     def release(self) -> bool:
         """Empty the spill file of a fully written staging whose bytes are safe elsewhere;
@@ -192,6 +215,7 @@ class Staging:
     def close(self) -> None:
         """Drop the plaintext."""
         self._mem = bytearray()
+        self._uncount(0)
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 import trio
 
 from fsobj.fs import work
+from fsobj.fs.budget import ARENA_BUDGET, STAGING_BUDGET, ByteBudget
 from fsobj.fs.committer import Committer
 from fsobj.fs.helper import CommitHelper, HelperError, NotPortable
 from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
-from fsobj.fs.reader import ArenaBudget
 from fsobj.fs.stream import MAX_STREAMS
 from fsobj.fs.tree import (
     HistoryTree,
@@ -160,7 +160,8 @@ class MountState:
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, tuple[NodeKey, list[tuple[str, NodeKey]] | None]] = {}
         self.versions = VersionCache()
-        self.arena_budget = ArenaBudget()  # the read arenas of all open files together
+        self.arena_budget = ByteBudget(ARENA_BUDGET)  # the read arenas of all open files together
+        self.staging_budget = ByteBudget(STAGING_BUDGET)  # the stagings held in memory, together
         self.stream_slots = threading.BoundedSemaphore(MAX_STREAMS)  # streaming writes at once
         # absoluteHash -> (pid, length, created_us, baseHash): version files' attributes from index rows
         self.ver_info: dict[bytes, tuple[bytes, int, int, bytes]] = {}
