@@ -41,7 +41,7 @@ from typing import TypeVar
 import trio
 
 from fsobj import chunking
-from fsobj.fs.budget import ByteBudget
+from fsobj.fs.budget import ByteBudget, Share
 from fsobj.model.header import ChunkRef
 from fsobj.store import PartitionView, Store, Version
 from fsobj.store.payload import PREFETCH
@@ -93,8 +93,7 @@ class PayloadReader:
         self._where: dict[int, int] = {}  # chunk -> its start in the arena, until another chunk takes the place
         self._last = -2
         self._retired = False  # a newer version's reader took over: read no further ahead
-        self._budget = budget
-        self._counted = 0  # bytes of the arena counted in the budget
+        self._share = Share(budget)  # the arena's bytes in the mount's budget for arenas
         self._lean = False  # sequential, and the budget had no room for an arena
 
     # ------------------------------------------------------------ chunk list
@@ -157,18 +156,11 @@ class PayloadReader:
             return False
         ring = min(ARENA, self.length)
         size = ring + (chunking.LARGEST if self.length > ring else 0)
-        if self._budget is not None:
-            if not self._budget.take(size):
-                self._lean = True
-                return False
-            self._counted = size
+        if not self._share.grow_to(size):
+            self._lean = True
+            return False
         self._ring, self._arena, self._lean = ring, bytearray(size), False
         return True
-
-    def _uncount(self) -> None:
-        if self._budget is not None and self._counted:
-            self._budget.give(self._counted)
-        self._counted = 0
 
     # ------------------------------------------------------------ async reads
     async def read(
@@ -288,7 +280,7 @@ class PayloadReader:
         place in the arena (it is still in ``_pending``, so no other chunk is put there).
         The arena leaves the budget now; it is freed once those reads and fetches end."""
         self._retired = True
-        self._uncount()
+        self._share.shrink_to(0)
         for i in [i for i, fut in self._pending.items() if not self._waiting[i] and fut.cancel()]:
             del self._pending[i]
             self._where.pop(i, None)
@@ -300,7 +292,7 @@ class PayloadReader:
         self._pending.clear()
         self._cache.clear()
         self._where.clear()
-        self._uncount()
+        self._share.shrink_to(0)
         self._arena = None  # a fetch still running keeps it alive until it ends
 
     # ------------------------------------------------------------ blocking reads

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from fsobj.fs.budget import ByteBudget
+from fsobj.fs.budget import ByteBudget, Share
 
 MEMORY_LIMIT = 4 * 1024 * 1024
 
@@ -112,14 +112,13 @@ class Staging:
         self._file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
         self.released = False  # the spill file was emptied: its bytes are elsewhere (release)
         self.lost = False  # bytes owed to the spill file could not be written there (lose)
-        self._budget = budget  # the mount's memory for stagings (None: not counted)
-        self._counted = 0  # bytes of _mem counted in it
+        self._share = Share(budget)  # _mem's bytes in the mount's budget for stagings
 
     # ------------------------------------------------------------ changes
     def write(self, off: int, data: bytes) -> None:
         self._readable()
         end = off + len(data)
-        if self._mem is not None and (end > MEMORY_LIMIT or not self._count(end)):
+        if self._mem is not None and (end > MEMORY_LIMIT or not self._share.grow_to(end)):
             self._spill()
         if self._mem is not None:
             if len(self._mem) < off:
@@ -152,7 +151,7 @@ class Staging:
             self.base_limit = min(self.base_limit, size)
             if self._mem is not None:
                 del self._mem[size:]
-                self._uncount(len(self._mem))
+                self._share.shrink_to(len(self._mem))
             elif self._file is not None:
                 os.ftruncate(self._file.fileno(), size)
         self.size = size
@@ -162,22 +161,7 @@ class Staging:
         f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="fsobj-staging-")
         pwrite_all(f.fileno(), self._mem, 0)
         self._file, self._mem = f, None  # type: ignore[assignment]
-        self._uncount(0)
-
-    def _count(self, end: int) -> bool:
-        """Count memory for bytes up to ``end`` in the budget; False if it has no room."""
-        if self._budget is None or end <= self._counted:
-            return True
-        if not self._budget.take(end - self._counted):
-            return False
-        self._counted = end
-        return True
-
-    def _uncount(self, keep: int) -> None:
-        """Give the budget back what is counted beyond ``keep`` bytes."""
-        if self._budget is not None and self._counted > keep:
-            self._budget.give(self._counted - keep)
-            self._counted = keep
+        self._share.shrink_to(0)
 
     def release(self) -> bool:
         """Empty the spill file of a fully written staging whose bytes are safe elsewhere;
@@ -215,7 +199,7 @@ class Staging:
     def close(self) -> None:
         """Drop the plaintext."""
         self._mem = bytearray()
-        self._uncount(0)
+        self._share.shrink_to(0)
         if self._file is not None:
             self._file.close()
             self._file = None
