@@ -58,23 +58,14 @@ def _run(cmd: list[str], env: dict[str, str], stdout: Any = subprocess.DEVNULL) 
 
 
 def _blob_usage(store_dir: Path) -> tuple[int, int]:
-    """(number of blobs, their bytes): the blob files under blobs/, and the rows of
-    small.sqlite counted by the bytes of each row's blob, not by the database's file
-    sizes, which move by SQLite's own rules (pages, the WAL) by more than a put's
-    envelopes add: measured by file sizes, a put of 4 MiB added 4,194,460-4,194,499
-    bytes, and once less than 4 MiB in a full test run."""
-    count = size = 0
-    for e in os.scandir(store_dir / "blobs"):
-        if e.is_dir():
-            for f in os.scandir(e.path):
-                count += 1
-                size += f.stat().st_size
+    """(number of blobs, their bytes) in the store (``LocalBlobStore.usage``). Rows are
+    counted by their blobs' bytes: measured by the database's file sizes, a put of
+    4 MiB added 4,194,460-4,194,499 bytes, and once less than 4 MiB in a full test run."""
     blobs = LocalBlobStore(store_dir)
     try:
-        rows, row_bytes = blobs.small.usage()
+        return blobs.usage()
     finally:
         blobs.close()
-    return count + rows, size + row_bytes
 
 
 def _make_file(path: Path, size: int, seed: bytes = b"fsobj bench") -> None:

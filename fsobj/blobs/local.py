@@ -436,17 +436,38 @@ class LocalBlobStore:
     def list(self) -> Iterator[bytes]:
         rows = set(self.small.ids())
         yield from rows
+        for blob_id, _ in self._blob_files():
+            if blob_id not in rows:
+                yield blob_id
+
+    def _blob_files(self) -> Iterator[tuple[bytes, Path]]:
+        """(id, path) of every blob file, by directory."""
         for sub in sorted(os.listdir(self.blob_dir)):
             if len(sub) != 2 or not os.path.isdir(self.blob_dir / sub):
                 continue
             for name in os.listdir(self.blob_dir / sub):
-                if len(name) == 64:
-                    try:
-                        blob_id = bytes.fromhex(name)
-                    except ValueError:
-                        continue
-                    if blob_id not in rows:
-                        yield blob_id
+                if len(name) != 64:
+                    continue
+                try:
+                    blob_id = bytes.fromhex(name)
+                except ValueError:
+                    continue
+                yield blob_id, self.blob_dir / sub / name
+
+    def usage(self) -> tuple[int, int]:
+        """(blobs, their bytes): the blob files by their sizes, and the rows of
+        small.sqlite by the bytes of their blobs, not by the database's file sizes,
+        which move by SQLite's own rules (pages, the WAL) by more than a put's
+        envelopes add."""
+        count = size = 0
+        for _, path in self._blob_files():
+            try:
+                size += path.stat().st_size
+            except FileNotFoundError:
+                continue  # removed meanwhile (gc)
+            count += 1
+        rows, row_bytes = self.small.usage()
+        return count + rows, size + row_bytes
 
     def sync(self) -> None:
         # _sync_lock: a caller must not return while another thread is still
