@@ -80,6 +80,38 @@ _SET_HEAD = (
 )
 
 
+def _version_params(r: VersionRow) -> tuple[object, ...]:
+    """A version row's values in the order of ``_VERSION_COLS``."""
+    return (
+        r.hash,
+        r.partition_id,
+        r.base_hash,
+        r.prev_hash,
+        r.seq,
+        r.created_us,
+        r.length,
+        int(r.tombstone),
+        r.epoch,
+        r.author_id,
+        r.sort_key_ct,
+    )
+
+
+def _head_params(r: VersionRow) -> tuple[object, ...]:
+    """The head row a version makes, in the order of ``_HEAD_COLS``."""
+    return (
+        r.base_hash,
+        r.partition_id,
+        r.hash,
+        r.sort_key_ct,
+        r.epoch,
+        r.seq,
+        int(r.tombstone),
+        r.length,
+        r.created_us,
+    )
+
+
 def _version(r: tuple) -> VersionRow:
     return VersionRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
 
@@ -312,22 +344,7 @@ class Index(FeedQueries):
         and (``notify``) queue its notification in every subscribed feed (``feeds``:
         those of its partition, if the caller has just asked :meth:`subscribed_feeds`
         in the same transaction)."""
-        self.db.execute(
-            f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                row.hash,
-                row.partition_id,
-                row.base_hash,
-                row.prev_hash,
-                row.seq,
-                row.created_us,
-                row.length,
-                int(row.tombstone),
-                row.epoch,
-                row.author_id,
-                row.sort_key_ct,
-            ),
-        )
+        self.db.execute(f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _version_params(row))
         self.set_head(row)
         refs = set(blob_refs)
         if refs:
@@ -337,21 +354,28 @@ class Index(FeedQueries):
         if notify:
             self.push_notifications(row.partition_id, row.hash, time.time_ns() // 1000, feeds)
 
-    def set_head(self, row: VersionRow) -> None:
-        self.db.execute(
-            _SET_HEAD,
-            (
-                row.base_hash,
-                row.partition_id,
-                row.hash,
-                row.sort_key_ct,
-                row.epoch,
-                row.seq,
-                int(row.tombstone),
-                row.length,
-                row.created_us,
-            ),
+    def add_versions(self, items: list[tuple[VersionRow, Iterable[bytes]]], feeds: dict[bytes, list[bytes]]) -> None:
+        """:meth:`add_version` of many versions of distinct series, one statement per
+        table for them all (a group commit: an ``rm -r`` queues thousands of tombstones,
+        and the statements one by one were a quarter of the helper's time per tombstone).
+        ``feeds``: the subscribed feeds of each of their partitions, asked in this transaction."""
+        conn = self.db.conn
+        conn.executemany(
+            f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (_version_params(r) for r, _ in items),
         )
+        conn.executemany(_SET_HEAD, (_head_params(r) for r, _ in items))
+        conn.executemany(
+            "INSERT OR IGNORE INTO refs (blob_id, version_hash) VALUES (?, ?)",
+            ((b, r.hash) for r, refs in items for b in set(refs)),
+        )
+        now_us = time.time_ns() // 1000
+        for r, _ in items:
+            if feeds.get(r.partition_id):
+                self.push_notifications(r.partition_id, r.hash, now_us, feeds[r.partition_id])
+
+    def set_head(self, row: VersionRow) -> None:
+        self.db.execute(_SET_HEAD, _head_params(row))
 
     def refs_of(self, version_hash: bytes) -> list[bytes]:
         return [r[0] for r in self.q("SELECT blob_id FROM refs WHERE version_hash = ?", [version_hash])]

@@ -685,13 +685,11 @@ class Store(PartitionsMixin):
             self.blobs.sync_all()
             with self.index.write():
                 self._check_locks(pending)
-                feeds: dict[bytes, list[bytes]] = {}
                 for p in pending:
                     self._check_refs(p.refs, p.prev)
-                    pid = p.row.partition_id
-                    if pid not in feeds:
-                        feeds[pid] = self.index.subscribed_feeds(pid, time.time_ns() // 1000)
-                    self.index.add_version(p.row, p.refs, feeds=feeds[pid])
+                now_us = time.time_ns() // 1000
+                feeds = {pid: self.index.subscribed_feeds(pid, now_us) for pid in {p.row.partition_id for p in pending}}
+                self.index.add_versions([(p.row, p.refs) for p in pending], feeds)
         except BaseException:
             self._discard(pending)
             raise
