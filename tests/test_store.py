@@ -938,6 +938,52 @@ def test_the_allocator_keeps_chunk_buffers() -> None:
     assert keep_chunk_buffers() is True
 
 
+_ARENAS = """
+import ctypes, os, re, sys, tempfile, threading
+from fsobj.store.payload import keep_chunk_buffers
+if sys.argv[1] == "keep":
+    assert keep_chunk_buffers()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+together = threading.Barrier(8)
+def work():
+    buf = bytearray(1 << 20)  # above pymalloc's sizes: from the thread's arena
+    together.wait()
+    del buf
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+fd, path = tempfile.mkstemp()
+os.close(fd)
+f = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, f)
+libc.fclose(f)
+print(len(re.findall(r'<heap nr="[0-9]+">', open(path).read())))
+os.unlink(path)
+"""
+
+
+def test_threads_share_the_allocators_arenas() -> None:
+    """8 threads allocating at once: glibc gives each its own arena (a heap of freed
+    buffers that only that thread reuses) unless ``keep_chunk_buffers`` caps them."""
+    import subprocess
+    import sys
+
+    from fsobj.store.payload import ARENAS
+
+    def arenas(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _ARENAS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    assert arenas("default") >= 8
+    assert arenas("keep") == ARENAS
+
+
 _SEGMENT_FAULTS = """
 import ctypes, resource, sys
 from fsobj import chunking
