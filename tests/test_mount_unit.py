@@ -967,6 +967,63 @@ def test_readers_share_an_arena_budget_and_read_lean_beyond_it(fs_store: Store) 
     trio.run(main)
 
 
+def test_random_readers_cache_beyond_two_chunks_only_within_the_budget(fs_store: Store) -> None:
+    """Files read at random keep their chunks in their own buffers. Each reader keeps
+    ``LEAN_CACHE`` of them; more only while the mount's read budget has room, where
+    they are counted: with room for about 4 chunks, a first reader keeps more than 2
+    and counts exactly their bytes, a second one meanwhile keeps 2, and takes the
+    room once the first closes. Every answer is right."""
+    from fsobj.fs.budget import ByteBudget
+    from fsobj.fs.reader import CACHE_CHUNKS, LEAN_CACHE, READ_AHEAD, PayloadReader
+
+    mib = 1024 * 1024
+    budget = ByteBudget(6 * mib)
+    files = [_big_version(fs_store, 48 * mib, seed) for seed in (11, 12)]
+    readers = [PayloadReader(fs_store, view, version, budget) for _, version, view, _ in files]
+    for r in readers:
+        r.load_refs()
+    n = min(len(r._offsets) for r in readers)
+    half = n // 2
+    assert half > READ_AHEAD + 1, n
+    # every jump is more than READ_AHEAD chunks, the first one too (a read at offset 0 looks sequential)
+    order = [k for i in range(half) for k in (i + half, i)]
+
+    def cached_bytes(r: PayloadReader) -> int:
+        return sum(len(d) for d in r._cache.values())
+
+    async def check(k: int, i: int) -> None:
+        data, r = files[k][0], readers[k]
+        off = r._offsets[i] + 5
+        assert bytes(await r.read(off, 4096)) == data[off : off + 4096], f"file {k} chunk {i}"
+        assert r._arena is None  # random reads: own buffers, no arena
+        assert len(r._cache) <= CACHE_CHUNKS
+
+    async def main() -> None:
+        most = 0
+        for i in order:
+            await check(0, i)
+            most = max(most, len(readers[0]._cache))
+            if len(readers[0]._cache) > LEAN_CACHE:
+                assert budget.used == cached_bytes(readers[0]) <= budget.limit
+        assert most > LEAN_CACHE, "the reader used the room it had"
+        first = cached_bytes(readers[0])
+        assert budget.limit - first < 4 * mib, "the first reader keeps what fits"
+        for i in order:
+            await check(1, i)
+            counted = cached_bytes(readers[1]) if len(readers[1]._cache) > LEAN_CACHE else 0
+            assert budget.used == first + counted <= budget.limit
+        readers[0].close()
+        assert budget.used == (cached_bytes(readers[1]) if len(readers[1]._cache) > LEAN_CACHE else 0)
+        for i in [k for j in range(4) for k in (j, j + half)]:  # far from the last one read
+            await check(1, i)
+        assert len(readers[1]._cache) > LEAN_CACHE, "the room the first one gave back"
+        assert budget.used == cached_bytes(readers[1]) <= budget.limit
+        readers[1].close()
+        assert budget.used == 0
+
+    trio.run(main)
+
+
 def test_a_replaced_reader_stops_its_read_ahead_and_finishes_reads_in_flight(fs_store: Store) -> None:
     """A commit gives an open file a new version and so a new reader: the old one's
     read-ahead that nobody waits for is cancelled before it starts, it reads no further

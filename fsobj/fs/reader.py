@@ -21,7 +21,9 @@ chunks until it returns; pyfuse3 copies the reply before any other task runs.
 Callers that keep bytes across an ``await`` ask for a copy (``keep=True``).
 The arenas of a mount share one budget (``fsobj.fs.budget``): without one, every
 file being read sequentially held 20 MiB, and 32 files read at once took the
-daemon to 710 MiB. A sequential reader that finds the budget spent reads *lean*
+daemon to 710 MiB. Chunks cached in their own buffers beyond ``LEAN_CACHE`` per
+reader (a file read at random) are counted in the same budget. A sequential
+reader that finds the budget spent reads *lean*
 (each chunk in its own buffer, ``LEAN_AHEAD`` chunks ahead, ``LEAN_CACHE`` kept)
 and asks again at its next fetch.
 
@@ -93,7 +95,8 @@ class PayloadReader:
         self._where: dict[int, int] = {}  # chunk -> its start in the arena, until another chunk takes the place
         self._last = -2
         self._retired = False  # a newer version's reader took over: read no further ahead
-        self._share = Share(budget)  # the arena's bytes in the mount's budget for arenas
+        self._share = Share(budget)  # the arena's bytes in the mount's budget for reads
+        self._cache_share = Share(budget)  # cached chunks in their own buffers, beyond LEAN_CACHE
         self._lean = False  # sequential, and the budget had no room for an arena
 
     # ------------------------------------------------------------ chunk list
@@ -248,11 +251,24 @@ class PayloadReader:
         return self._keep(i, data)
 
     def _keep(self, i: int, data: T) -> T:
-        """Cache chunk ``i`` (the least recently used goes) and return it."""
+        """Cache chunk ``i`` (the least recently used goes) and return it.
+
+        Every reader may keep ``LEAN_CACHE`` chunks; beyond that, chunks in their
+        own buffers (random reads, lean reads: not the arena, counted already) are
+        kept only while the budget has room for all of them. Without that, every
+        file read at random kept up to ``CACHE_CHUNKS`` chunks of up to 4 MiB."""
         self._cache[i] = data
         while len(self._cache) > (LEAN_CACHE if self._lean else CACHE_CHUNKS):
             self._cache.popitem(last=False)
+        while len(self._cache) > LEAN_CACHE and not self._cache_share.grow_to(self._own_bytes()):
+            self._cache.popitem(last=False)
+        self._cache_share.shrink_to(self._own_bytes() if len(self._cache) > LEAN_CACHE else 0)
         return data
+
+    def _own_bytes(self) -> int:
+        """The bytes of the cached chunks that are not views of the arena."""
+        arena = self._arena
+        return sum(len(d) for d in self._cache.values() if not (isinstance(d, memoryview) and d.obj is arena))
 
     def _read_ahead(self, i: int) -> None:
         assert self._refs is not None
@@ -281,6 +297,7 @@ class PayloadReader:
         The arena leaves the budget now; it is freed once those reads and fetches end."""
         self._retired = True
         self._share.shrink_to(0)
+        self._cache_share.shrink_to(0)
         for i in [i for i, fut in self._pending.items() if not self._waiting[i] and fut.cancel()]:
             del self._pending[i]
             self._where.pop(i, None)
@@ -293,6 +310,7 @@ class PayloadReader:
         self._cache.clear()
         self._where.clear()
         self._share.shrink_to(0)
+        self._cache_share.shrink_to(0)
         self._arena = None  # a fetch still running keeps it alive until it ends
 
     # ------------------------------------------------------------ blocking reads
