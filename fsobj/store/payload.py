@@ -572,29 +572,28 @@ def keep_chunk_buffers() -> bool:
     Each chunk read or written allocates a few buffers of up to a chunk's size
     (the blob's bytes, the plaintext, a joined read reply), and the chunker
     joins the pieces of a write into segments of up to 13 MiB. glibc serves
-    allocations above its mmap threshold with fresh mappings, which the
-    kernel faults in and zeroes page by page: a cold read of 1 GiB through the
-    mount took about 125,000 page faults. Raising the threshold above the
-    largest chunk (twice it, 8 MiB) kept the chunk buffers in the heap, where they are reused
-    (28,000 faults, 10-15 % faster cold reads). The segments were still above it:
-    while ``cp`` wrote 1 GiB, 12 % of the daemon's CPU went to faulting in each
-    segment's fresh mapping. At ``MMAP_THRESHOLD`` (16 MiB) they are reused too:
-    paired writes of 1 GiB went from 166 to 206 MiB/s (medians of 4, gocryptfs 177),
-    the daemon's CPU from 7.2 to 6.0 s, the peak RSS copying 4 GiB from 175 to 200 MiB.
-    Each thread had its own arena, holding its own freed buffers: at ``ARENAS`` (2)
-    the payload, stream and checksum threads share them. Paired 1 GiB writes went
-    from 152 to 195 and 193 to 234 MiB/s (medians of 3, two runs), cold reads from
-    366 to 428 and 344 to 421 MiB/s; peak RSS copying 4 GiB from 186-190 to
-    169-174 MiB, and with 16 files of 64 MiB copied at once from 583-612 to 480-499. The trim threshold keeps the
-    heap from being handed back after every chunk: a streaming write has more
-    in flight (its queue, the pieces it holds, the window's plaintext and
-    ciphertext) than the 32 MiB it used to be, and each shrink and regrowth of
-    the heap faulted its pages in again (perf: 7 % of the daemon's CPU in page
-    faults under ``memmove`` while ``cp`` wrote 1 GiB). At 96 MiB, with 32 MiB
-    of top padding, paired writes of 1 GiB went from 194 to 241 MiB/s (medians
-    of 4), the daemon's CPU from 6.2 to 5.2 s, its peak RSS from 126 to 145 MiB.
-    Memory stays bounded by the read and write windows. Returns False where
-    ``mallopt`` is not available (not glibc): nothing changes there.
+    allocations above its mmap threshold with fresh mappings, which the kernel
+    faults in and zeroes page by page; below it, freed buffers are reused. Four
+    settings, each measured with paired runs through the mount (docs/design.md,
+    "Memory for chunk buffers"):
+
+    - mmap threshold ``MMAP_THRESHOLD`` (16 MiB), above every chunk and segment.
+      At 8 MiB, above the chunks only, a cold read of 1 GiB took 28,000 page
+      faults instead of 125,000 (10-15 % faster), but 12 % of the daemon's CPU
+      still went to faulting in each fresh segment while ``cp`` wrote 1 GiB; at
+      16 MiB writes went from 166 to 206 MiB/s, daemon CPU from 7.2 to 6.0 s.
+    - trim threshold 96 MiB and 32 MiB of top padding: a streaming write holds
+      more than 32 MiB in flight (its queue, its pieces, the window's plaintext
+      and ciphertext), and the heap shrank and grew again all the time (7 % of
+      the CPU in page faults): writes from 194 to 241 MiB/s.
+    - ``ARENAS`` (2) arenas instead of one per thread, so that a buffer one
+      thread frees is reused by the next: writes from 152 to 195 and from 193
+      to 234 MiB/s, cold reads from 366 to 428 and from 344 to 421 MiB/s, and
+      16 files of 64 MiB copied at once peaked at 480-499 MiB instead of 583-612.
+
+    Memory stays bounded by the read and write windows (peak RSS copying 4 GiB:
+    169-174 MiB). Returns False where ``mallopt`` is not available (not glibc):
+    nothing changes there.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
