@@ -148,6 +148,8 @@ class PayloadReader:
             del self._where[j]
             self._cache.pop(j, None)
             self._pending.pop(j, None)  # done, and nobody waits: read-ahead given up
+        if overlapping:
+            self._recount()
         self._where[i] = a
         return a
 
@@ -262,8 +264,12 @@ class PayloadReader:
             self._cache.popitem(last=False)
         while len(self._cache) > LEAN_CACHE and not self._cache_share.grow_to(self._own_bytes()):
             self._cache.popitem(last=False)
-        self._cache_share.shrink_to(self._own_bytes() if len(self._cache) > LEAN_CACHE else 0)
+        self._recount()
         return data
+
+    def _recount(self) -> None:
+        """Hold in the budget what the cache holds beyond the first ``LEAN_CACHE`` chunks."""
+        self._cache_share.shrink_to(self._own_bytes() if len(self._cache) > LEAN_CACHE else 0)
 
     def _own_bytes(self) -> int:
         """The bytes of the cached chunks that are not views of the arena."""
