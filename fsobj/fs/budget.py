@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-ARENA_BUDGET = 64 * 1024 * 1024  # all of a mount's read arenas together
+READ_BUDGET = 64 * 1024 * 1024  # a mount's read arenas and the chunks its readers cache, together
 STAGING_BUDGET = 64 * 1024 * 1024  # all of a mount's in-memory stagings together
 
 

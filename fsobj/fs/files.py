@@ -128,7 +128,7 @@ class FileOps(MountState):
 
     async def _read_base(self, of: OpenFile, off: int, size: int, keep: bool = False) -> bytes | memoryview:
         """The committed version's bytes; without ``keep`` valid until the next ``await``."""
-        reader = of.reader(self.store, self._view(of), self.arena_budget)
+        reader = of.reader(self.store, self._view(of), self.read_budget)
         return await reader.read(off, size, self.limiter, keep) if reader is not None else b""
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
@@ -312,7 +312,7 @@ class FileOps(MountState):
         return of.dirty
 
     def _job(self, of: OpenFile, ps: PartState, keep_streamed: bool = True) -> work.DataJob:
-        source = of.source(self.store, ps.view, self.arena_budget)
+        source = of.source(self.store, ps.view, self.read_budget)
         job = work.DataJob(ps.view, of.base, of.sort_key, of.posix, of.headers, source, of.payload_changed)
         job.stream = of.take_stream()
         job.on_streamed = of.keep_streamed if keep_streamed else None

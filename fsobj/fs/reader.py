@@ -77,7 +77,8 @@ async def wait_future(fut: Future[T]) -> T:
 
 class PayloadReader:
     """Reads one version's payload by offset (shared by every handle of a file).
-    ``budget``: where its arena's bytes are counted (None: not counted)."""
+    ``budget``: the mount's for reads, where its arena and the chunks it caches
+    beyond ``LEAN_CACHE`` are counted (None: not counted)."""
 
     def __init__(self, store: Store, view: PartitionView, version: Version, budget: ByteBudget | None = None) -> None:
         self.store = store
@@ -262,19 +263,23 @@ class PayloadReader:
         self._cache[i] = data
         while len(self._cache) > (LEAN_CACHE if self._lean else CACHE_CHUNKS):
             self._cache.popitem(last=False)
-        while len(self._cache) > LEAN_CACHE and not self._cache_share.grow_to(self._own_bytes()):
-            self._cache.popitem(last=False)
-        self._recount()
+        own = sum(map(self._own_len, self._cache.values()))
+        while len(self._cache) > LEAN_CACHE and not self._cache_share.grow_to(own):
+            own -= self._own_len(self._cache.popitem(last=False)[1])
+        self._recount(own)
         return data
 
-    def _recount(self) -> None:
-        """Hold in the budget what the cache holds beyond the first ``LEAN_CACHE`` chunks."""
-        self._cache_share.shrink_to(self._own_bytes() if len(self._cache) > LEAN_CACHE else 0)
+    def _recount(self, own: int | None = None) -> None:
+        """Hold in the budget what the cache holds beyond the first ``LEAN_CACHE`` chunks
+        (``own``: the bytes of its own buffers, if the caller has them)."""
+        if len(self._cache) <= LEAN_CACHE:
+            self._cache_share.shrink_to(0)
+        else:
+            self._cache_share.shrink_to(sum(map(self._own_len, self._cache.values())) if own is None else own)
 
-    def _own_bytes(self) -> int:
-        """The bytes of the cached chunks that are not views of the arena."""
-        arena = self._arena
-        return sum(len(d) for d in self._cache.values() if not (isinstance(d, memoryview) and d.obj is arena))
+    def _own_len(self, data: bytes | memoryview) -> int:
+        """The bytes a cached chunk holds apart from the arena (0 for a view of the arena)."""
+        return 0 if isinstance(data, memoryview) and data.obj is self._arena else len(data)
 
     def _read_ahead(self, i: int) -> None:
         assert self._refs is not None

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import trio
 
 from fsobj.fs import work
-from fsobj.fs.budget import ARENA_BUDGET, STAGING_BUDGET, ByteBudget
+from fsobj.fs.budget import READ_BUDGET, STAGING_BUDGET, ByteBudget
 from fsobj.fs.committer import Committer
 from fsobj.fs.helper import CommitHelper, HelperError, NotPortable
 from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
@@ -160,7 +160,7 @@ class MountState:
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, tuple[NodeKey, list[tuple[str, NodeKey]] | None]] = {}
         self.versions = VersionCache()
-        self.arena_budget = ByteBudget(ARENA_BUDGET)  # the read arenas of all open files together
+        self.read_budget = ByteBudget(READ_BUDGET)  # the read arenas and cached chunks of all open files
         self.staging_budget = ByteBudget(STAGING_BUDGET)  # the stagings held in memory, together
         self.stream_slots = threading.BoundedSemaphore(MAX_STREAMS)  # streaming writes at once
         # absoluteHash -> (pid, length, created_us, baseHash): version files' attributes from index rows

@@ -9,6 +9,7 @@ across threads *and* processes: it is the optimistic lock's critical section.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import threading
 import time
@@ -80,36 +81,12 @@ _SET_HEAD = (
 )
 
 
-def _version_params(r: VersionRow) -> tuple[object, ...]:
-    """A version row's values in the order of ``_VERSION_COLS``."""
-    return (
-        r.hash,
-        r.partition_id,
-        r.base_hash,
-        r.prev_hash,
-        r.seq,
-        r.created_us,
-        r.length,
-        int(r.tombstone),
-        r.epoch,
-        r.author_id,
-        r.sort_key_ct,
-    )
-
-
-def _head_params(r: VersionRow) -> tuple[object, ...]:
-    """The head row a version makes, in the order of ``_HEAD_COLS``."""
-    return (
-        r.base_hash,
-        r.partition_id,
-        r.hash,
-        r.sort_key_ct,
-        r.epoch,
-        r.seq,
-        int(r.tombstone),
-        r.length,
-        r.created_us,
-    )
+# A version row's values in the order of ``_VERSION_COLS`` (VersionRow's own field
+# order), and those of the head row it makes, in the order of ``_HEAD_COLS``.
+_version_params = operator.attrgetter(*_VERSION_COLS.split(", "))
+_head_params = operator.attrgetter(
+    "base_hash", "partition_id", "hash", "sort_key_ct", "epoch", "seq", "tombstone", "length", "created_us"
+)
 
 
 def _version(r: tuple) -> VersionRow:
@@ -344,15 +321,9 @@ class Index(FeedQueries):
         and (``notify``) queue its notification in every subscribed feed (``feeds``:
         those of its partition, if the caller has just asked :meth:`subscribed_feeds`
         in the same transaction)."""
-        self.db.execute(f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _version_params(row))
-        self.set_head(row)
-        refs = set(blob_refs)
-        if refs:
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO refs (blob_id, version_hash) VALUES (?, ?)", ((b, row.hash) for b in refs)
-            )
-        if notify:
-            self.push_notifications(row.partition_id, row.hash, time.time_ns() // 1000, feeds)
+        if notify and feeds is None:
+            feeds = self.subscribed_feeds(row.partition_id, time.time_ns() // 1000)
+        self.add_versions([(row, blob_refs)], {row.partition_id: feeds or []} if notify else {})
 
     def add_versions(self, items: list[tuple[VersionRow, Iterable[bytes]]], feeds: dict[bytes, list[bytes]]) -> None:
         """:meth:`add_version` of many versions of distinct series, one statement per
@@ -373,9 +344,6 @@ class Index(FeedQueries):
         for r, _ in items:
             if feeds.get(r.partition_id):
                 self.push_notifications(r.partition_id, r.hash, now_us, feeds[r.partition_id])
-
-    def set_head(self, row: VersionRow) -> None:
-        self.db.execute(_SET_HEAD, _head_params(row))
 
     def refs_of(self, version_hash: bytes) -> list[bytes]:
         return [r[0] for r in self.q("SELECT blob_id FROM refs WHERE version_hash = ?", [version_hash])]
