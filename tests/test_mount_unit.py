@@ -991,6 +991,16 @@ def test_random_readers_cache_beyond_two_chunks_only_within_the_budget(fs_store:
     def cached_bytes(r: PayloadReader) -> int:
         return sum(len(d) for d in r._cache.values())
 
+    def small_pairs(r: PayloadReader) -> list[int]:
+        """Chunks of at most 1.5 MiB (any 3 fit in the room: the chunker's seed is random),
+        each more than READ_AHEAD chunks away from the one before, after ``order``
+        (whose last chunk is half - 1)."""
+        refs = r._refs
+        assert refs is not None
+        small = [j for j in range(half - READ_AHEAD - 1) if max(refs[j].length, refs[j + half].length) <= mib * 3 // 2]
+        assert len(small) >= 2, "chunks average 1 MiB"
+        return [k for j in small[:4] for k in (j, j + half)]
+
     async def check(k: int, i: int) -> None:
         data, r = files[k][0], readers[k]
         off = r._offsets[i] + 5
@@ -1000,7 +1010,7 @@ def test_random_readers_cache_beyond_two_chunks_only_within_the_budget(fs_store:
 
     async def main() -> None:
         most = 0
-        for i in order:
+        for i in order + small_pairs(readers[0]):  # ending on small chunks: the room is then full
             await check(0, i)
             most = max(most, len(readers[0]._cache))
             if len(readers[0]._cache) > LEAN_CACHE:
@@ -1014,7 +1024,7 @@ def test_random_readers_cache_beyond_two_chunks_only_within_the_budget(fs_store:
             assert budget.used == first + counted <= budget.limit
         readers[0].close()
         assert budget.used == (cached_bytes(readers[1]) if len(readers[1]._cache) > LEAN_CACHE else 0)
-        for i in [k for j in range(4) for k in (j, j + half)]:  # far from the last one read
+        for i in small_pairs(readers[1]):
             await check(1, i)
         assert len(readers[1]._cache) > LEAN_CACHE, "the room the first one gave back"
         assert budget.used == cached_bytes(readers[1]) <= budget.limit
