@@ -792,6 +792,41 @@ def test_a_name_freed_by_unlink_can_be_taken_again_within_the_window(fs_store: S
     run(fs_store, tmp_path, scenario, commit_window=5.0)
 
 
+def test_queued_tombstones_keep_the_head_the_mount_knew_at_unlink(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``rm -r`` pushes thousands of versions through the mount's version cache before
+    its tombstones commit; the commit uses the heads known at unlink, never loading one."""
+    from fsobj.fs.state import VersionCache
+
+    loads: list[bytes] = []
+    load_version = fs_store.load_version
+
+    def counted(h: bytes, view: object = None) -> object:
+        loads.append(h)
+        return load_version(h, view)  # type: ignore[arg-type]
+
+    async def scenario(fs: Filesystem) -> None:
+        fs.versions = VersionCache(8)
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        for i in range(40):
+            fh, _ = await fs.create(part, f"f{i}", 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"z" * i)
+            await fs.release(fh)
+        await fs.fsyncdir()
+        monkeypatch.setattr(fs_store, "load_version", counted)
+        for i in range(40):
+            await fs.lookup(part, f"f{i}")  # as the kernel does before each unlink
+            await fs.unlink(part, f"f{i}")
+        looked_up = len(loads)
+        await fs.fsyncdir()
+        assert len(loads) == looked_up, f"{len(loads) - looked_up} heads loaded again to write tombstones"
+        assert fs_store.list("p") == []
+        assert len([e for e in fs_store.list("p", include_deleted=True) if e.tombstone]) == 40
+
+    run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
 def test_the_reader_hints_blobs_ahead_only_for_sequential_reads(
     fs_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1122,7 +1157,7 @@ def test_the_group_commit_goes_when_idle_full_or_old_on_a_virtual_clock() -> Non
 
     batches: list[tuple[float, int]] = []
 
-    async def remove_many(items: list[tuple[bytes, bytes]]) -> None:
+    async def remove_many(items: list[tuple[bytes, bytes, object]]) -> None:
         batches.append((trio.current_time(), len(items)))
 
     async def commit_many(files: list[object]) -> None:

@@ -27,11 +27,13 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from fsobj.fs.openfile import OpenFile
+from fsobj.store import Version
 
 log = logging.getLogger("fsobj.fs")
 
 CommitMany = Callable[[list[OpenFile]], Awaitable[None]]
-RemoveMany = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]  # (partition id, baseHash)
+Removal = tuple[bytes, Version | None]  # (partition id, the head the mount knew at unlink: the commit's hint)
+RemoveMany = Callable[[list[tuple[bytes, bytes, Version | None]]], Awaitable[None]]  # (partition id, baseHash, hint)
 
 
 class Committer:
@@ -53,8 +55,8 @@ class Committer:
         self.running = False
         self._queue: dict[int, OpenFile] = {}
         self._queued_bytes = 0  # staged bytes at submit time (an estimate: writes may follow)
-        self._removals: dict[bytes, bytes] = {}  # baseHash -> partition id: tombstones to write
-        self._writing: dict[bytes, bytes] = {}  # the same, for tombstones being written now
+        self._removals: dict[bytes, Removal] = {}  # baseHash -> (partition id, hint): tombstones to write
+        self._writing: dict[bytes, Removal] = {}  # the same, for tombstones being written now
         self._files_lock = trio.Lock()  # held while a batch of files commits (drain waits for it)
         self._removals_lock = trio.Lock()  # the same for tombstones
         self._wake = trio.Event()  # set for the first entry of a batch, and when a batch is full
@@ -79,11 +81,14 @@ class Committer:
     def removals_of(self, pid: bytes) -> list[bytes]:
         """Unlinked here, tombstone not committed yet (queued or being written): a listing
         of the index taken meanwhile still shows these."""
-        return [b for pending in (self._removals, self._writing) for b, p in pending.items() if p == pid]
+        return [b for pending in (self._removals, self._writing) for b, (p, _) in pending.items() if p == pid]
 
-    def submit_removal(self, pid: bytes, base_hash: bytes) -> None:
-        """Queue the tombstone of an object already gone from the mount's tree."""
-        self._removals[base_hash] = pid
+    def submit_removal(self, pid: bytes, base_hash: bytes, head: Version | None = None) -> None:
+        """Queue the tombstone of an object already gone from the mount's tree. ``head``:
+        its current version as the mount knew it at unlink time, kept with the entry so
+        that the commit need not load it again (by the time the batch goes, an ``rm -r``
+        has pushed thousands of versions through the mount's version cache)."""
+        self._removals[base_hash] = (pid, head)
         self._arrived()
 
     async def submit(self, of: OpenFile) -> None:
@@ -139,7 +144,7 @@ class Committer:
         """Write every queued tombstone now (and wait for those being written)."""
         async with self._removals_lock:
             while self._removals:
-                batch = [(pid, base) for base, pid in self._removals.items()]
+                batch = [(pid, base, head) for base, (pid, head) in self._removals.items()]
                 self._writing, self._removals = self._removals, {}
                 try:
                     with trio.CancelScope(shield=True):

@@ -165,21 +165,25 @@ class NameOps(MountState):
 
     def _unlink_later(self, ps: PartState, tree: PartitionTree, ref: bytes) -> None:
         """The name goes now; its tombstone joins the group commit."""
+        hint = self._known_heads(ps, [ref]).get(ref)  # taken now: the version is cached now
         tree.remove(ref)
         self._settle_pending(ps, [], [ref])
-        self.committer.submit_removal(ps.pid, ref)
+        self.committer.submit_removal(ps.pid, ref, hint)
 
-    async def _remove_many(self, items: list[tuple[bytes, bytes]]) -> None:
+    async def _remove_many(self, items: list[tuple[bytes, bytes, Version | None]]) -> None:
         """Write queued tombstones, one transaction per partition."""
-        by_part: dict[bytes, list[bytes]] = {}
-        for pid, base_hash in items:
-            by_part.setdefault(pid, []).append(base_hash)
-        for pid, bases in by_part.items():
+        by_part: dict[bytes, dict[bytes, Version | None]] = {}
+        for pid, base_hash, hint in items:
+            by_part.setdefault(pid, {})[base_hash] = hint
+        for pid, hinted in by_part.items():
+            bases = list(hinted)
             ps = self.parts.get(pid)
             if ps is None:
                 log.error("partition %s vanished: %d tombstones not written", pid.hex()[:16], len(bases))
                 continue
-            ns = work.Namespace(ps.view, [], bases, [], self._known_heads(ps, bases))
+            # the heads as the mount knows them now, else as it knew them at unlink
+            hints = {b: h for b, h in hinted.items() if h is not None} | self._known_heads(ps, bases)
+            ns = work.Namespace(ps.view, [], bases, [], hints)
             done = await self._far(work.change_names, ns)
             self._apply(ps, done.value, done.gen_after)
 

@@ -630,7 +630,7 @@ class MountState:
     async def _commit(self, of: OpenFile) -> None:
         raise NotImplementedError  # FileOps
 
-    async def _remove_many(self, items: list[tuple[bytes, bytes]]) -> None:
+    async def _remove_many(self, items: list[tuple[bytes, bytes, Version | None]]) -> None:
         raise NotImplementedError  # NameOps
 
     def _default_dir_posix(self) -> Posix:
