@@ -827,6 +827,37 @@ def test_queued_tombstones_keep_the_head_the_mount_knew_at_unlink(
     run(fs_store, tmp_path, scenario, commit_window=5.0)
 
 
+def test_tombstones_do_not_push_live_versions_out_of_the_cache(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fsobj.fs.state import VersionCache
+
+    loads: list[bytes] = []
+    load_version = fs_store.load_version
+
+    def counted(h: bytes, view: object = None) -> object:
+        loads.append(h)
+        return load_version(h, view)  # type: ignore[arg-type]
+
+    async def scenario(fs: Filesystem) -> None:
+        fs.versions = VersionCache(8)
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        for name in ["keep0", "keep1", "keep2", "keep3", "gone0", "gone1", "gone2", "gone3"]:
+            fh, _ = await fs.create(part, name, 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, name.encode())
+            await fs.release(fh)
+        await fs.fsyncdir()  # the 8 versions are the cache's 8
+        monkeypatch.setattr(fs_store, "load_version", counted)
+        for i in range(4):
+            await fs.unlink(part, f"gone{i}")
+        await fs.fsyncdir()
+        kept = [await fs.lookup(part, f"keep{i}") for i in range(4)]
+        assert [a.size for a in kept] == [5, 5, 5, 5]
+        assert loads == [], f"{len(loads)} live versions loaded again after 4 tombstones"
+
+    run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
 def test_the_reader_hints_blobs_ahead_only_for_sequential_reads(
     fs_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

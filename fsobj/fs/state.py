@@ -438,9 +438,12 @@ class MountState:
         ps.history = history
 
     def _apply(self, ps: PartState, versions: Iterable[Version], gen_after: int) -> None:
-        """Our own committed versions, into the trees."""
+        """Our own committed versions, into the trees. Tombstones stay out of the version
+        cache: nothing reads their attributes, and an ``rm -r`` of thousands of files
+        would push the live versions out."""
         for v in versions:
-            self.versions.put(v)
+            if not v.tombstone:
+                self.versions.put(v)
             e = entry_of(v)
             self._recent.append((gen_after, ps.pid, e))
             if ps.tree is not None:
