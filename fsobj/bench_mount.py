@@ -93,15 +93,19 @@ class Daemon(Target):
         path = os.environ.get("PYTHONPATH")
         self.env = dict(os.environ, PYTHONPATH=SOURCE + (os.pathsep + path if path else ""))
 
-    def _start(self, args: list[str]) -> None:
+    def _start(self, args: list[str], timeout: float = 60.0) -> None:
         self.proc = subprocess.Popen(
             args, env=self.env, cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {self.name} mount did not come up")
-            time.sleep(0.05)
+        deadline = time.monotonic() + timeout
+        try:
+            while not os.path.ismount(self.mnt):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {self.name} mount did not come up")
+                time.sleep(0.05)
+        except BaseException:
+            self._abandon()  # a daemon that is late or half-started must not outlive us
+            raise
 
     def _stop(self, unmount: list[str]) -> None:
         assert self.proc is not None
@@ -109,9 +113,17 @@ class Daemon(Target):
         try:
             self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
+            self._abandon()
+        self.proc = None
+
+    def _abandon(self) -> None:
+        """Lazily unmount (if mounted) and kill the daemon."""
+        assert self.proc is not None
+        if os.path.ismount(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
         self.proc = None
 
 

@@ -297,14 +297,32 @@ def test_bench_daemons_run_the_benchs_own_code_whatever_the_working_directory(
     monkeypatch.chdir(decoy)
     target = bench_mount.Fsobj(Path("target"))  # relative: the daemon gets absolute paths
     assert target.root == decoy / "target"
-    target.mount()
     try:
+        target.mount()  # a mount that does not come up is unmounted and killed by mount() itself
         assert os.path.ismount(target.mnt)
         (target.work / "f").write_bytes(b"written through the daemon")
         assert (target.work / "f").read_bytes() == b"written through the daemon"
     finally:
         if target.proc is not None:
             target.unmount()
+        if os.path.ismount(target.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(target.mnt)], check=False)
+    assert not os.path.ismount(target.mnt)
+
+
+def test_a_bench_daemon_that_does_not_come_up_is_killed_and_unmounted(tmp_path: Path) -> None:
+    """A daemon that mounts nothing in time, or exits, leaves neither a process nor a mount."""
+    from fsobj import bench_mount
+
+    target = bench_mount.NullFs(tmp_path / "t")
+    target.mount()  # makes the mount point and the scratch directories
+    target.unmount()
+    pid_file = tmp_path / "pid"
+    never_mounts = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    with pytest.raises(RuntimeError, match="did not come up"):
+        target._start([sys.executable, "-c", never_mounts], timeout=5.0)
+    assert target.proc is None
+    assert not os.path.exists(f"/proc/{pid_file.read_text()}"), "the daemon was killed and reaped"
     assert not os.path.ismount(target.mnt)
 
 
