@@ -45,8 +45,9 @@ if fsobj mount --help >/dev/null 2>&1; then
     step cp /etc/hosts "$demo/mnt/notes/hosts.txt"
     step ls -la "$demo/mnt/notes" "$demo/mnt/notes/lists"
     step cat "$demo/mnt/notes/lists/todo.txt"
-    echo "third draft" >> "$demo/mnt/notes/lists/todo.txt"
+    step sh -c "echo 'third draft' >> '$demo/mnt/notes/lists/todo.txt'"
     step ls "$demo/mnt/notes/.versions/lists/todo.txt/"
+    step cat "$demo/mnt/notes/.versions/lists/todo.txt/$(ls "$demo/mnt/notes/.versions/lists/todo.txt/" | head -1)"
     step getfattr -d -m - "$demo/mnt/notes/lists/todo.txt"
     echo
     echo "The demo store is mounted at $demo/mnt. Unmount with: fsobj umount $demo/mnt"
