@@ -792,19 +792,25 @@ def test_a_name_freed_by_unlink_can_be_taken_again_within_the_window(fs_store: S
     run(fs_store, tmp_path, scenario, commit_window=5.0)
 
 
-def test_queued_tombstones_keep_the_head_the_mount_knew_at_unlink(
-    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An ``rm -r`` pushes thousands of versions through the mount's version cache before
-    its tombstones commit; the commit uses the heads known at unlink, never loading one."""
-    from fsobj.fs.state import VersionCache
-
+def _count_loads(fs_store: Store, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """From now on, every version ``fs_store`` loads (decrypts and verifies) is listed."""
     loads: list[bytes] = []
     load_version = fs_store.load_version
 
     def counted(h: bytes, view: object = None) -> object:
         loads.append(h)
         return load_version(h, view)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs_store, "load_version", counted)
+    return loads
+
+
+def test_queued_tombstones_keep_the_head_the_mount_knew_at_unlink(
+    fs_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``rm -r`` pushes thousands of versions through the mount's version cache before
+    its tombstones commit; the commit uses the heads known at unlink, never loading one."""
+    from fsobj.fs.state import VersionCache
 
     async def scenario(fs: Filesystem) -> None:
         fs.versions = VersionCache(8)
@@ -814,7 +820,7 @@ def test_queued_tombstones_keep_the_head_the_mount_knew_at_unlink(
             await fs.write(fh, 0, b"z" * i)
             await fs.release(fh)
         await fs.fsyncdir()
-        monkeypatch.setattr(fs_store, "load_version", counted)
+        loads = _count_loads(fs_store, monkeypatch)
         for i in range(40):
             await fs.lookup(part, f"f{i}")  # as the kernel does before each unlink
             await fs.unlink(part, f"f{i}")
@@ -832,13 +838,6 @@ def test_tombstones_do_not_push_live_versions_out_of_the_cache(
 ) -> None:
     from fsobj.fs.state import VersionCache
 
-    loads: list[bytes] = []
-    load_version = fs_store.load_version
-
-    def counted(h: bytes, view: object = None) -> object:
-        loads.append(h)
-        return load_version(h, view)  # type: ignore[arg-type]
-
     async def scenario(fs: Filesystem) -> None:
         fs.versions = VersionCache(8)
         part = (await fs.lookup(ROOT_INODE, "p")).ino
@@ -847,7 +846,7 @@ def test_tombstones_do_not_push_live_versions_out_of_the_cache(
             await fs.write(fh, 0, name.encode())
             await fs.release(fh)
         await fs.fsyncdir()  # the 8 versions are the cache's 8
-        monkeypatch.setattr(fs_store, "load_version", counted)
+        loads = _count_loads(fs_store, monkeypatch)
         for i in range(4):
             await fs.unlink(part, f"gone{i}")
         await fs.fsyncdir()

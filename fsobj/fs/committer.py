@@ -33,7 +33,8 @@ log = logging.getLogger("fsobj.fs")
 
 CommitMany = Callable[[list[OpenFile]], Awaitable[None]]
 Removal = tuple[bytes, Version | None]  # (partition id, the head the mount knew at unlink: the commit's hint)
-RemoveMany = Callable[[list[tuple[bytes, bytes, Version | None]]], Awaitable[None]]  # (partition id, baseHash, hint)
+QueuedRemoval = tuple[bytes, bytes, Version | None]  # (partition id, baseHash, hint)
+RemoveMany = Callable[[list[QueuedRemoval]], Awaitable[None]]
 
 
 class Committer:

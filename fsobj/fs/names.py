@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 from fsobj.fs import work
+from fsobj.fs.committer import QueuedRemoval
 from fsobj.fs.inodes import NodeKey
 from fsobj.fs.openfile import OpenFile
 from fsobj.fs.state import (
@@ -170,7 +171,7 @@ class NameOps(MountState):
         self._settle_pending(ps, [], [ref])
         self.committer.submit_removal(ps.pid, ref, hint)
 
-    async def _remove_many(self, items: list[tuple[bytes, bytes, Version | None]]) -> None:
+    async def _remove_many(self, items: list[QueuedRemoval]) -> None:
         """Write queued tombstones, one transaction per partition."""
         by_part: dict[bytes, dict[bytes, Version | None]] = {}
         for pid, base_hash, hint in items:

@@ -30,7 +30,7 @@ import trio
 
 from fsobj.fs import work
 from fsobj.fs.budget import READ_BUDGET, STAGING_BUDGET, ByteBudget
-from fsobj.fs.committer import Committer
+from fsobj.fs.committer import Committer, QueuedRemoval
 from fsobj.fs.helper import CommitHelper, HelperError, NotPortable
 from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
@@ -633,7 +633,7 @@ class MountState:
     async def _commit(self, of: OpenFile) -> None:
         raise NotImplementedError  # FileOps
 
-    async def _remove_many(self, items: list[tuple[bytes, bytes, Version | None]]) -> None:
+    async def _remove_many(self, items: list[QueuedRemoval]) -> None:
         raise NotImplementedError  # NameOps
 
     def _default_dir_posix(self) -> Posix:
