@@ -1068,14 +1068,23 @@ def test_random_readers_cache_beyond_two_chunks_only_within_the_budget(fs_store:
         return sum(len(d) for d in r._cache.values())
 
     def small_pairs(r: PayloadReader) -> list[int]:
-        """Chunks of at most 1.5 MiB (any 3 fit in the room: the chunker's seed is random),
-        each more than READ_AHEAD chunks away from the one before, after ``order``
-        (whose last chunk is half - 1)."""
+        """Up to 4 pairs of chunks ``j`` and ``j + half`` of at most 1.5 MiB each (any 3 fit
+        in the room: the chunker's seed is random), each read more than READ_AHEAD chunks
+        away from the one before, after ``order`` (whose last chunk is half - 1)."""
         refs = r._refs
         assert refs is not None
-        small = [j for j in range(half - READ_AHEAD - 1) if max(refs[j].length, refs[j + half].length) <= mib * 3 // 2]
-        assert len(small) >= 2, "chunks average 1 MiB"
-        return [k for j in small[:4] for k in (j, j + half)]
+        out, prev = [], half - 1
+        for j in range(half):
+            if max(refs[j].length, refs[j + half].length) > mib * 3 // 2:
+                continue
+            pair = next((p for p in ((j, j + half), (j + half, j)) if abs(p[0] - prev) > READ_AHEAD), None)
+            if pair is not None:
+                out += pair
+                prev = pair[1]
+            if len(out) == 8:
+                break
+        assert len(out) >= 4, "chunks average 1 MiB"
+        return out
 
     async def check(k: int, i: int) -> None:
         data, r = files[k][0], readers[k]
