@@ -464,6 +464,36 @@ def test_tar_extract_keeps_modes_times_and_links(d: Path, tmp_path: Path) -> Non
     assert stat.S_IMODE(os.stat(d / "exec.sh").st_mode) == 0o755
 
 
+def test_rsync_keeps_everything_and_a_second_run_finds_nothing_to_do(d: Path, tmp_path: Path) -> None:
+    """rsync writes a temporary file, sets its mtime, chmods it through a new descriptor
+    and renames it over the name: every file keeps content, mode and mtime, no conflict
+    copy appears, and a second run (sizes and mtimes compared) transfers nothing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    (src / "many").mkdir()
+    for i in range(300):
+        f = src / "many" / f"f{i:03}"
+        f.write_bytes(b"%d\n" % i * (i % 5))
+        f.chmod(0o600 if i % 2 else 0o640)
+        os.utime(f, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    dst = d / "mirror"
+    sh(f"rsync -a '{src}/' '{dst}/'")
+    sh(f"diff -r --no-dereference '{src}' '{dst}'")
+    assert [p for p in dst.rglob("*") if ".conflict-" in p.name] == []
+    for f in (src / "many").iterdir():
+        got, want = os.stat(dst / "many" / f.name), os.stat(f)
+        assert (got.st_mtime_ns, got.st_mode) == (want.st_mtime_ns, want.st_mode), f.name
+    assert sh(f"rsync -a -i '{src}/' '{dst}/'") == ""
+
+    (src / "tiny.txt").write_text("changed\n")
+    (src / "many" / "f007").unlink()
+    out = sh(f"rsync -a -i --delete '{src}/' '{dst}/'")
+    assert {line.split(maxsplit=1)[1] for line in out.splitlines()} == {"tiny.txt", "many/f007", "many/"}, out
+    sh(f"diff -r --no-dereference '{src}' '{dst}'")
+    assert [p.read_text() for p in versions_of(dst / "tiny.txt")][-1] == "changed\n"
+
+
 @pytest.mark.skipif(not shutil.which("vim"), reason="needs vim")
 def test_vim_edits_a_file_in_place(d: Path, tmp_path: Path) -> None:
     f = d / "v.txt"

@@ -70,14 +70,7 @@ class MetaOps(FileOps):
         if key[0] == "obj":
             ps = self._part(key[1])
             self._writable(ps)
-            of = self.files.get(ino)
-            if of is not None:
-                await self._settle(of)
-            if of is not None and (of.dirty or isinstance(of.ref, int)):
-                async with of.lock:
-                    of.posix, of.headers = change(of.posix, of.headers)
-                    of.dirty = True
-                await self._maybe_commit(of)
+            if await self._fold_meta(ino, change):
                 return
             await self._meta_version(ps, self._key(ino)[2], change)  # settling may have given it a baseHash
         elif key[0] == "dir":
@@ -89,6 +82,28 @@ class MetaOps(FileOps):
         else:
             raise oserror(errno.EPERM)
 
+    async def _fold_meta(self, ino: int, change: work.Change) -> bool:
+        """Fold a metadata change into the inode's open file if that has staged changes or
+        no version yet (the change then commits with them); False if there is none such.
+
+        The open file is looked up again once its lock is held: a group commit holding
+        the lock may have committed and closed it meanwhile (no handle pins a file whose
+        writer released it), and a change folded into a closed file would commit later,
+        on a stale base, as a conflict copy."""
+        while (of := self.files.get(ino)) is not None:
+            await self._settle(of)
+            if not (of.dirty or isinstance(of.ref, int)):
+                return False
+            async with of.lock:
+                if self.files.get(ino) is of:
+                    of.posix, of.headers = change(of.posix, of.headers)
+                    of.dirty = True
+                    break
+        else:
+            return False
+        await self._maybe_commit(of)
+        return True
+
     async def _meta_version(self, ps: PartState, ref: Ref, change: work.Change) -> None:
         assert isinstance(ref, bytes)
         done = await self._work(work.update_meta, ps.view, ref, change)
@@ -98,7 +113,12 @@ class MetaOps(FileOps):
         self._apply(ps, [v], done.gen_after)
         ino = self.inodes.find(("obj", ps.pid, ref))
         of = self.files.get(ino) if ino is not None else None
-        if of is not None and not of.dirty and of.base is not None and of.base.hash == v.header.prev:
+        if of is None or of.base is None or of.base.hash != v.header.prev:
+            return
+        if of.dirty:  # written while the version was made: its commit builds on it, change kept
+            of.base, of.sort_key = v, v.sort_key
+            of.posix, of.headers = change(of.posix, of.headers)
+        else:
             of.rebase(v)
 
     async def _dir_meta(self, ps: PartState, path: str, change: work.Change) -> None:
