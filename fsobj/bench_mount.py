@@ -146,7 +146,9 @@ class Fsobj(Daemon):
             ident = identity_files.create(self.ident, "bench", PASS)
             with Store.open(self.store, ident) as s:
                 s.create_partition("bench")
-        self._start([sys.executable, "-m", "fsobj", "mount", "--foreground", str(self.store), str(self.mnt)])
+        # its log and staging go with the run's directory, not to the user's cache
+        cache = f"cache_dir={self.root / 'cache'}"
+        self._start([sys.executable, "-m", "fsobj", "mount", "-f", "-o", cache, str(self.store), str(self.mnt)])
 
     def unmount(self) -> None:
         assert self.proc is not None

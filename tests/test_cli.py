@@ -308,6 +308,8 @@ def test_bench_daemons_run_the_benchs_own_code_whatever_the_working_directory(
         if os.path.ismount(target.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(target.mnt)], check=False)
     assert not os.path.ismount(target.mnt)
+    # the daemon's log and staging stay in the run's directory, not in the user's cache
+    assert "mounted" in (target.root / "cache" / "mount.log").read_text()
 
 
 def test_a_bench_daemon_that_does_not_come_up_is_killed_and_unmounted(tmp_path: Path) -> None:
