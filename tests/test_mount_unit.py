@@ -797,6 +797,64 @@ def test_a_write_made_while_a_metadata_version_commits_builds_on_it(fs_store: St
     run(fs_store, tmp_path, scenario)
 
 
+def test_an_unlink_during_a_batch_that_fails_keeps_the_closed_data_in_the_history(
+    fs_store: Store, tmp_path: Path
+) -> None:
+    """A closed file is in a batch when it is unlinked, and the batch fails (another file
+    of it changed underneath) so each file commits alone afterwards. The unlink waits
+    for the batch and commits the closed data first: the history holds it, then the
+    tombstone (before, the tombstone went first and the data was dropped or came back
+    as a conflict copy of the removed file)."""
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        for name in ("f", "g"):
+            fh, _ = await fs.create(part, name, 0o644, os.O_RDWR, 0, 0)
+            await fs.write(fh, 0, b"one")
+            await fs.fsync(fh)
+            await fs.write(fh, 3, b" closed")
+            await fs.release(fh)  # queued
+        fs_store.put("p", "g", b"changed by another mount")  # the batch will conflict on g
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.committer.drain)
+            await trio.testing.wait_all_tasks_blocked()  # the batch holds both files' locks
+            await fs.unlink(part, "f")
+        await fs.fsyncdir()
+        history = fs_store.log("p", "f")
+        assert [fs_store.read_bytes(v) for v in history[:-1]] == [b"one", b"one closed"]
+        assert history[-1].tombstone
+        names = sorted(e.sort_key for e in fs_store.list("p"))
+        assert names == ["g", f"g.conflict-{fs_store.log('p', 'g')[-1].hash.hex()[:8]}"], names
+
+    run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
+def test_a_file_opened_after_its_unlink_was_queued_is_an_unlinked_file(fs_store: Store, tmp_path: Path) -> None:
+    """The kernel looked ``f`` up, another process unlinked it (its tombstone waits in the
+    group commit), then the open arrives: the file opens as an unlinked file does on a
+    local filesystem. It reads its content, and what is written to it is dropped at
+    close (before, its commit met the tombstone and came back as a conflict copy)."""
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        for name in ("f", "g"):
+            fh, _ = await fs.create(part, name, 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"old " + name.encode())
+            await fs.fsync(fh)
+            await fs.release(fh)
+        ino = (await fs.lookup(part, "f")).ino
+        await fs.unlink(part, "f")  # queued: "g" keeps the directory
+        fh, _ = await fs.open(ino, os.O_RDWR)
+        assert await fs.read(fh, 0, 100) == b"old f"
+        await fs.write(fh, 0, b"written after the unlink")
+        await fs.release(fh)
+        await fs.fsyncdir()
+        assert sorted(e.sort_key for e in fs_store.list("p")) == ["g"]
+        assert [v.tombstone for v in fs_store.log("p", "f")] == [False, True]
+
+    run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
 def test_the_group_commit_runs_in_the_helper_process_and_its_errors_cross_back(fs_store: Store, tmp_path: Path) -> None:
     from fsobj.errors import ConflictError
     from fsobj.fs import work

@@ -87,7 +87,11 @@ class FileOps(MountState):
         v = await self._version(e.head_hash, ps.view)
         if v.header.posix.type != "file":
             raise oserror(errno.EISDIR if v.header.posix.type == "dir" else errno.EINVAL)
-        return OpenFile(ino, ps.pid, ref, v.sort_key, v, v.header.posix, v.header.headers)
+        of = OpenFile(ino, ps.pid, ref, v.sort_key, v, v.header.posix, v.header.headers)
+        # unlinked after the kernel looked the name up, its tombstone not written yet: it
+        # opens as an unlinked file does (its content reads; writes are dropped at close)
+        of.unlinked = isinstance(ref, bytes) and self.committer.removing(ref)
+        return of
 
     async def _follow_head(self, of: OpenFile, ps: PartState) -> None:
         """An open file with nothing staged follows newer versions committed elsewhere."""

@@ -189,12 +189,15 @@ class NameOps(MountState):
             self._apply(ps, done.value, done.gen_after)
 
     async def _lookup_settled(self, ps: PartState, path: str, name: str) -> Child | None:
-        """Look ``name`` up; if it is a closed file still waiting in the group commit, commit
-        it first, so that what was closed stays in the history even if it is removed now."""
+        """Look ``name`` up; if it is a file with closed writes not committed yet (waiting
+        in the group commit, or in a batch committing now), commit them first, so that
+        what was closed stays in the history even if it is removed now. Without waiting
+        for the batch, an ``unlink`` during it wrote its tombstone first, and the batch's
+        data then came back as a conflict copy of the removed file."""
         c = (await self._tree(ps)).lookup(path, name)
         of = self._open_of(ps, c.ref) if c is not None and not c.is_dir else None
-        if of is not None and self.committer.queued(of) and of.dirty:
-            await self._commit(of)
+        if of is not None and of.dirty and all(w.flushed for w in of.writers(self.handles)):
+            await self._commit(of)  # waits for a batch that holds its lock; commits what is left
             c = (await self._tree(ps)).lookup(path, name)
         return c
 
