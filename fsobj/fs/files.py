@@ -240,7 +240,7 @@ class FileOps(MountState):
 
     async def _maybe_commit(self, of: OpenFile) -> None:
         """Commit (or queue for the next group commit) once no writer has unflushed writes."""
-        if not of.dirty or any(not w.flushed for w in of.writers(self.handles)):
+        if not self._closed_writes(of):
             return
         if self.committer.enabled and not of.unlinked and (of.staging is None or of.staging.in_memory):
             await self.committer.submit(of)
@@ -250,7 +250,7 @@ class FileOps(MountState):
     async def _settle(self, of: OpenFile) -> None:
         """Before a file that waits in the group commit changes again, commit what was closed:
         every close is its own version, even within the commit window."""
-        if self.committer.queued(of) and of.dirty and all(w.flushed for w in of.writers(self.handles)):
+        if self.committer.queued(of) and self._closed_writes(of):
             await self._commit(of)
 
     async def _commit(self, of: OpenFile) -> None:
@@ -282,7 +282,7 @@ class FileOps(MountState):
         async with contextlib.AsyncExitStack() as stack:
             for of in ofs:
                 await stack.enter_async_context(of.lock)
-            ready = [of for of in ofs if self._ready(of) and all(w.flushed for w in of.writers(self.handles))]
+            ready = [of for of in ofs if self._ready(of) and self._closed_writes(of)]
             if ready:
                 parts = [self._part(of.pid) for of in ready]
                 # files staged in memory only (release() has no spill file to empty): nothing

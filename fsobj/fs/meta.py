@@ -116,10 +116,8 @@ class MetaOps(FileOps):
         if of is None or of.base is None or of.base.hash != v.header.prev:
             return
         if of.dirty:  # written while the version was made: its commit builds on it, change kept
-            of.base, of.sort_key = v, v.sort_key
             of.posix, of.headers = change(of.posix, of.headers)
-        else:
-            of.rebase(v)
+        of.follow(v)
 
     async def _dir_meta(self, ps: PartState, path: str, change: work.Change) -> None:
         async with ps.lock:

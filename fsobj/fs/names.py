@@ -196,7 +196,7 @@ class NameOps(MountState):
         data then came back as a conflict copy of the removed file."""
         c = (await self._tree(ps)).lookup(path, name)
         of = self._open_of(ps, c.ref) if c is not None and not c.is_dir else None
-        if of is not None and of.dirty and all(w.flushed for w in of.writers(self.handles)):
+        if of is not None and self._closed_writes(of):
             await self._commit(of)  # waits for a batch that holds its lock; commits what is left
             c = (await self._tree(ps)).lookup(path, name)
         return c
@@ -399,10 +399,7 @@ class NameOps(MountState):
             if of is None or v.tombstone:
                 continue
             if of.base is not None and of.base.hash == v.header.prev:
-                of.base = v
-                of.sort_key = v.sort_key
-                if not of.dirty:
-                    of.rebase(v)
+                of.follow(v)
 
     @contextlib.asynccontextmanager
     async def _locked_files(self, files: list[OpenFile]) -> AsyncIterator[None]:

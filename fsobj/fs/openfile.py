@@ -112,6 +112,14 @@ class OpenFile:
         self.dirty = False
         self.drop_staging()
 
+    def follow(self, version: Version) -> None:
+        """A metadata version this mount made on top of the base (same payload) becomes
+        the base; what is staged stays staged and commits on top of it."""
+        if self.dirty:
+            self.base, self.sort_key = version, version.sort_key
+        else:
+            self.rebase(version)
+
     def rebase(self, version: Version) -> None:
         """Follow a version committed by someone else (only when nothing is staged)."""
         assert not self.dirty

@@ -584,6 +584,10 @@ class MountState:
         self.inodes.pin(of.ino)
         return of
 
+    def _closed_writes(self, of: OpenFile) -> bool:
+        """``of`` has staged changes and no writer with unflushed writes: all of it was closed."""
+        return of.dirty and all(w.flushed for w in of.writers(self.handles))
+
     def _add_handle(self, of: OpenFile, writable: bool) -> int:
         fh = self._new_fh()
         self.handles[fh] = Handle(fh, of.ino, writable)
