@@ -276,6 +276,8 @@ class MountBench:
                 os.unlink(dst)
             self.say(f"{t.name}: small files")
             out.update(self.small(t.work))
+            if not isinstance(t, NullFs) and shutil.which("rsync"):
+                out.update(self.rsync(t.work))
             if extras and isinstance(t, Fsobj) and self.versions:
                 out.update(self.version_listing(t))
         finally:
@@ -343,6 +345,26 @@ class MountBench:
             "read_4k_files_per_s": round(n / t_read),
             "rm_r_entries_per_s": round(n / t_rm),
         }
+
+    def rsync(self, work: Path) -> dict[str, Any]:
+        """``rsync -a`` of a tree of ``small_files`` 4 KiB files (modes and mtimes of their
+        own) into the target, then fsync of the directory: files per second. rsync writes
+        each file to a temporary name, sets its mode and mtime after closing it and
+        renames it, which is not the work of ``cp``."""
+        src = self.base / "rsync-src"
+        if not src.exists():
+            seed = os.urandom(4088)
+            for i in range(self.small_files):
+                f = src / f"d{i % 20:02d}" / f"f{i:06d}"
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(i.to_bytes(8, "little") + seed)
+                f.chmod(0o640 if i % 2 else 0o600)
+                os.utime(f, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+        self.say(f"rsync -a of {self.small_files} files")
+        dst = work / "rsync"
+        t = _timed(lambda: (_sh(f"rsync -a '{src}/' '{dst}/'"), fsync_dir(dst)))
+        _sh(f"rm -r '{dst}'")
+        return {"rsync_files_per_s": round(self.small_files / t)}
 
     def version_listing(self, t: Fsobj) -> dict[str, Any]:
         self.say(f"fsobj: a file with {self.versions} versions")
@@ -438,10 +460,13 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: statistics.median(r[k] for r in rounds if k in r) for k in dict.fromkeys(keys)}
 
 
+COMPARED = [*(key for key, _, _ in TARGETS_MOUNT), "rsync_files_per_s"]  # figures with a ratio (no target for rsync)
+
+
 def _ratios(per_round: list[dict[str, dict[str, Any]]], name: str) -> dict[str, dict[str, float]]:
     """Per figure: ``name``/gocryptfs within each round, and their median, min and max."""
     out: dict[str, dict[str, float]] = {}
-    for key, _, _ in TARGETS_MOUNT:
+    for key in COMPARED:
         rs = [
             r[name][key] / r["gocryptfs"][key]
             for r in per_round

@@ -485,6 +485,8 @@ def test_rsync_keeps_everything_and_a_second_run_finds_nothing_to_do(d: Path, tm
         got, want = os.stat(dst / "many" / f.name), os.stat(f)
         assert (got.st_mtime_ns, got.st_mode) == (want.st_mtime_ns, want.st_mode), f.name
     assert sh(f"rsync -a -i '{src}/' '{dst}/'") == ""
+    # the temporary file's fchmod, mtime, chmod and rename are part of its first version
+    assert [len(versions_of(dst / "many" / f"f{i:03}")) for i in range(0, 300, 37)] == [1] * 9
 
     (src / "tiny.txt").write_text("changed\n")
     (src / "many" / "f007").unlink()

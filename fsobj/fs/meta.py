@@ -86,12 +86,20 @@ class MetaOps(FileOps):
         """Fold a metadata change into the inode's open file if that has staged changes or
         no version yet (the change then commits with them); False if there is none such.
 
+        A file with a version whose closed writes wait in the group commit commits them
+        first (every close is its own version). A new file (no version yet) takes the
+        change into its first version instead, and while a writable handle of it is
+        open, its commit waits for that handle's release: rsync ``fchmod``s its
+        temporary file before writing it and sets the mtime and mode after closing it,
+        which made three versions and three commits at once per file.
+
         The open file is looked up again once its lock is held: a group commit holding
         the lock may have committed and closed it meanwhile (no handle pins a file whose
         writer released it), and a change folded into a closed file would commit later,
         on a stale base, as a conflict copy."""
         while (of := self.files.get(ino)) is not None:
-            await self._settle(of)
+            if not isinstance(of.ref, int):
+                await self._settle(of)
             if not (of.dirty or isinstance(of.ref, int)):
                 return False
             async with of.lock:
@@ -101,7 +109,8 @@ class MetaOps(FileOps):
                     break
         else:
             return False
-        await self._maybe_commit(of)
+        if not (isinstance(of.ref, int) and of.writers(self.handles)):
+            await self._maybe_commit(of)
         return True
 
     async def _meta_version(self, ps: PartState, ref: Ref, change: work.Change) -> None:

@@ -188,14 +188,18 @@ class NameOps(MountState):
             done = await self._far(work.change_names, ns)
             self._apply(ps, done.value, done.gen_after)
 
-    async def _lookup_settled(self, ps: PartState, path: str, name: str) -> Child | None:
+    async def _lookup_settled(self, ps: PartState, path: str, name: str, new_files: bool = True) -> Child | None:
         """Look ``name`` up; if it is a file with closed writes not committed yet (waiting
         in the group commit, or in a batch committing now), commit them first, so that
         what was closed stays in the history even if it is removed now. Without waiting
         for the batch, an ``unlink`` during it wrote its tombstone first, and the batch's
-        data then came back as a conflict copy of the removed file."""
+        data then came back as a conflict copy of the removed file. ``new_files=False``
+        (the source of a rename): a file with no version yet moves in memory, and its
+        first version is made under the new name."""
         c = (await self._tree(ps)).lookup(path, name)
         of = self._open_of(ps, c.ref) if c is not None and not c.is_dir else None
+        if of is not None and not new_files and isinstance(of.ref, int):
+            return c
         if of is not None and self._closed_writes(of):
             await self._commit(of)  # waits for a batch that holds its lock; commits what is left
             c = (await self._tree(ps)).lookup(path, name)
@@ -253,7 +257,7 @@ class NameOps(MountState):
             raise oserror(errno.EXDEV)
         self._writable(ps)
         async with ps.lock:
-            src = await self._lookup_settled(ps, src_dir, name_old)  # its closed data goes first
+            src = await self._lookup_settled(ps, src_dir, name_old, new_files=False)  # its closed data goes first
             dst = await self._lookup_settled(ps, dst_dir, name_new)
             tree = await self._tree(ps)
             if src is None:
