@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsobj.crypto import Identity
-from fsobj.errors import IntegrityError
+from fsobj.errors import DeletedError, IntegrityError
 from fsobj.fs.filesystem import Filesystem, Options
 from fsobj.fs.inodes import ROOT_INODE, InodeTable
 from fsobj.fs.staging import Extents, Staging
@@ -815,6 +815,50 @@ def test_a_new_file_takes_changes_before_its_first_commit_into_its_first_version
         assert history[-1].header.posix.mtime_ns == 1_700_000_000_000_000_008
 
     run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
+def test_a_metadata_change_reaching_a_file_removed_meanwhile_does_not_bring_it_back(
+    fs_store: Store, tmp_path: Path
+) -> None:
+    """The kernel looked a name up, then another process (here the CLI) removed the file,
+    then a ``chmod``, ``touch`` or ``setfattr`` reached it: ENOENT, and the file stays
+    deleted. Before, the metadata version was made on the tombstone and the file was live
+    again; a file created under that name next became a conflict copy."""
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        fh, _ = await fs.create(part, "f", 0o644, os.O_RDWR, 0, 0)
+        await fs.write(fh, 0, b"one")
+        await fs.release(fh)
+        ino = (await fs.lookup(part, "f")).ino
+        fs_store.delete("p", "f")
+        for change in (
+            lambda: fs.setattr(ino, mode=0o600),
+            lambda: fs.setattr(ino, mtime_ns=1_700_000_000_000_000_000),
+            lambda: fs.setxattr(ino, "user.k", b"v"),
+        ):
+            with pytest.raises(DeletedError):
+                await change()
+        assert fs_store.log("p", "f")[-1].tombstone
+        assert [e.sort_key for e in fs_store.list("p")] == []
+
+        # a new file removed before its first commit (renamed over while still being
+        # written), then closed: a change through an inode looked up before is ENOENT
+        fh, _ = await fs.create(part, "g", 0o644, os.O_RDWR, 0, 0)
+        await fs.write(fh, 0, b"being written")
+        g = (await fs.lookup(part, "g")).ino
+        fh2, _ = await fs.create(part, ".h.tmp", 0o644, os.O_RDWR, 0, 0)
+        await fs.write(fh2, 0, b"replacement")
+        await fs.release(fh2)
+        await fs.rename(part, ".h.tmp", part, "g", 0)
+        await fs.release(fh)  # the replaced file's writes are dropped with it
+        with pytest.raises(OSError) as err:
+            await fs.setattr(g, mode=0o600)
+        assert err.value.errno == errno.ENOENT
+        await fs.fsyncdir()
+        assert fs_store.read_bytes(fs_store.get("p", "g")) == b"replacement"
+
+    run(fs_store, tmp_path, scenario)
 
 
 def test_a_write_made_while_a_metadata_version_commits_builds_on_it(fs_store: Store, tmp_path: Path) -> None:

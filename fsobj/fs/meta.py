@@ -72,7 +72,10 @@ class MetaOps(FileOps):
             self._writable(ps)
             if await self._fold_meta(ino, change):
                 return
-            await self._meta_version(ps, self._key(ino)[2], change)  # settling may have given it a baseHash
+            ref = self._key(ino)[2]  # settling may have given it a baseHash
+            if not isinstance(ref, bytes):  # a new file removed before its first commit, and closed
+                raise oserror(errno.ENOENT)
+            await self._meta_version(ps, ref, change)
         elif key[0] == "dir":
             ps = self._part(key[1])
             self._writable(ps)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Generic, TypeVar
 
-from fsobj.errors import ConflictError
+from fsobj.errors import ConflictError, DeletedError
 from fsobj.fs.stream import PayloadStream
 from fsobj.fs.tree import conflict_key
 from fsobj.model.header import Posix
@@ -203,9 +203,17 @@ def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> Version:
 
 
 def update_meta(store: Store, view: PartitionView, base_hash: bytes, change: Change) -> Version | None:
-    """A metadata version (same payload) of the series' current head; None if nothing changes."""
+    """A metadata version (same payload) of the series' current head; None if nothing changes.
+
+    ``DeletedError`` (ENOENT) if the head is a tombstone: a ``chmod``, ``touch`` or
+    ``setfattr`` that reaches a file another process removed meanwhile (the kernel
+    had looked the name up before) must not bring the file back. It did: the version
+    made on the tombstone was live again, and the next file created under that name
+    met it and became a conflict copy."""
     for attempt in range(RETRIES):
         prev = head(store, view, base_hash)
+        if prev.tombstone:
+            raise DeletedError(f"{prev.header.sort_key!r} was deleted", prev.hash)
         posix, headers = change(prev.header.posix, prev.header.headers)
         if posix == prev.header.posix and headers == prev.header.headers:
             return None
