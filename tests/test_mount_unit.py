@@ -18,6 +18,7 @@ from fsobj.crypto import Identity
 from fsobj.errors import DeletedError, IntegrityError
 from fsobj.fs.filesystem import Filesystem, Options
 from fsobj.fs.inodes import ROOT_INODE, InodeTable
+from fsobj.fs.names import RENAME_EXCHANGE
 from fsobj.fs.staging import Extents, Staging
 from fsobj.fs.tree import (
     HistoryTree,
@@ -813,6 +814,37 @@ def test_a_new_file_takes_changes_before_its_first_commit_into_its_first_version
         history = fs_store.log("p", "f")
         assert [fs_store.read_bytes(x) for x in history] == [b"payload", b"payload more", b"payload more"]
         assert history[-1].header.posix.mtime_ns == 1_700_000_000_000_000_008
+
+    run(fs_store, tmp_path, scenario, commit_window=5.0)
+
+
+def test_a_new_file_renamed_over_a_committed_one_replaces_it_in_one_transaction(
+    fs_store: Store, tmp_path: Path
+) -> None:
+    """Write a temporary file, close it, rename it over the file it replaces (editors,
+    ``sed -i``, rsync's updates): the store goes from the old content to the new in one
+    step, as a local filesystem does, although the temporary file waited in the group
+    commit. Moved in memory, the old file's tombstone committed at once and the new file
+    a commit window later: other mounts and the CLI saw no file, and a crash in between
+    lost the name. ``RENAME_EXCHANGE`` with a committed file is one transaction too."""
+
+    async def scenario(fs: Filesystem) -> None:
+        part = (await fs.lookup(ROOT_INODE, "p")).ino
+        for name, data in (("t", b"old"), ("u", b"u")):
+            fh, _ = await fs.create(part, name, 0o644, os.O_RDWR, 0, 0)
+            await fs.write(fh, 0, data)
+            await fs.fsync(fh)
+            await fs.release(fh)
+        for name, data in ((".t.tmp", b"new"), (".u.tmp", b"swapped")):
+            fh, _ = await fs.create(part, name, 0o644, os.O_RDWR, 0, 0)
+            await fs.write(fh, 0, data)
+            await fs.release(fh)  # queued in the group commit
+        await fs.rename(part, ".t.tmp", part, "t", 0)
+        assert fs_store.read_bytes(fs_store.get("p", "t")) == b"new"  # no drain: the rename did it
+        assert [v.header.sort_key for v in fs_store.log("p", "t")] == [".t.tmp", "t"]  # committed, then moved
+        await fs.rename(part, ".u.tmp", part, "u", RENAME_EXCHANGE)
+        assert fs_store.read_bytes(fs_store.get("p", "u")) == b"swapped"
+        assert fs_store.read_bytes(fs_store.get("p", ".u.tmp")) == b"u"
 
     run(fs_store, tmp_path, scenario, commit_window=5.0)
 

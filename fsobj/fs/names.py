@@ -194,8 +194,8 @@ class NameOps(MountState):
         what was closed stays in the history even if it is removed now. Without waiting
         for the batch, an ``unlink`` during it wrote its tombstone first, and the batch's
         data then came back as a conflict copy of the removed file. ``new_files=False``
-        (the source of a rename): a file with no version yet moves in memory, and its
-        first version is made under the new name."""
+        (the source of a rename that replaces nothing committed): a file with no version
+        yet moves in memory, and its first version is made under the new name."""
         c = (await self._tree(ps)).lookup(path, name)
         of = self._open_of(ps, c.ref) if c is not None and not c.is_dir else None
         if of is not None and not new_files and isinstance(of.ref, int):
@@ -259,6 +259,17 @@ class NameOps(MountState):
         async with ps.lock:
             src = await self._lookup_settled(ps, src_dir, name_old, new_files=False)  # its closed data goes first
             dst = await self._lookup_settled(ps, dst_dir, name_new)
+            if (
+                src is not None
+                and isinstance(src.ref, int)
+                and (flags & RENAME_EXCHANGE or (dst is not None and isinstance(dst.ref, bytes)))
+            ):
+                # replacing (or swapping with) a committed object is one transaction in the
+                # store, as on a local filesystem: a new file commits first, under its old
+                # name. Moved in memory, the replaced object's tombstone committed at once
+                # and the new file up to a commit window later: other mounts saw no file,
+                # and after a crash in between the name was gone.
+                src = await self._lookup_settled(ps, src_dir, name_old)
             tree = await self._tree(ps)
             if src is None:
                 raise oserror(errno.ENOENT)
