@@ -486,7 +486,10 @@ def test_rsync_keeps_everything_and_a_second_run_finds_nothing_to_do(d: Path, tm
         assert (got.st_mtime_ns, got.st_mode) == (want.st_mtime_ns, want.st_mode), f.name
     assert sh(f"rsync -a -i '{src}/' '{dst}/'") == ""
     # the temporary file's fchmod, mtime, chmod and rename are part of its first version
-    assert [len(versions_of(dst / "many" / f"f{i:03}")) for i in range(0, 300, 37)] == [1] * 9
+    # (each was a version of its own, committed at once, before); a file that the group
+    # commit took between rsync's close and its utime has them as versions of their own
+    counts = [len(versions_of(dst / "many" / f"f{i:03}")) for i in range(300)]
+    assert sum(c == 1 for c in counts) >= 240, counts
 
     (src / "tiny.txt").write_text("changed\n")
     (src / "many" / "f007").unlink()
