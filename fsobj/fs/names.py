@@ -257,13 +257,11 @@ class NameOps(MountState):
             raise oserror(errno.EXDEV)
         self._writable(ps)
         async with ps.lock:
-            src = await self._lookup_settled(ps, src_dir, name_old, new_files=False)  # its closed data goes first
+            # closed data goes first, except a new file's (it moves in memory, unless below)
+            src = await self._lookup_settled(ps, src_dir, name_old, new_files=False)
             dst = await self._lookup_settled(ps, dst_dir, name_new)
-            if (
-                src is not None
-                and isinstance(src.ref, int)
-                and (flags & RENAME_EXCHANGE or (dst is not None and isinstance(dst.ref, bytes)))
-            ):
+            replaces = dst is not None and not dst.is_dir and isinstance(dst.ref, bytes)
+            if src is not None and isinstance(src.ref, int) and (flags & RENAME_EXCHANGE or replaces):
                 # replacing (or swapping with) a committed object is one transaction in the
                 # store, as on a local filesystem: a new file commits first, under its old
                 # name. Moved in memory, the replaced object's tombstone committed at once
