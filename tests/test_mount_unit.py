@@ -736,6 +736,14 @@ def test_group_commit_puts_many_closed_files_in_one_transaction(fs_store: Store,
     run(fs_store, tmp_path, scenario, commit_window=5.0)
 
 
+async def _new_file(fs: Filesystem, part: int, name: str, data: bytes) -> int:
+    """Create ``name`` (mode 0644) through a read-write handle and write ``data`` at 0:
+    the handle, still open (the test says whether it is fsynced or released)."""
+    fh, _ = await fs.create(part, name, 0o644, os.O_RDWR, 0, 0)
+    await fs.write(fh, 0, data)
+    return fh
+
+
 def _no_conflict_copies(fs_store: Store) -> None:
     names = [e.sort_key for e in fs_store.list("p")]
     assert not [n for n in names if ".conflict-" in n], names
@@ -831,13 +839,11 @@ def test_a_new_file_renamed_over_a_committed_one_replaces_it_in_one_transaction(
     async def scenario(fs: Filesystem) -> None:
         part = (await fs.lookup(ROOT_INODE, "p")).ino
         for name, data in (("t", b"old"), ("u", b"u")):
-            fh, _ = await fs.create(part, name, 0o644, os.O_RDWR, 0, 0)
-            await fs.write(fh, 0, data)
+            fh = await _new_file(fs, part, name, data)
             await fs.fsync(fh)
             await fs.release(fh)
         for name, data in ((".t.tmp", b"new"), (".u.tmp", b"swapped")):
-            fh, _ = await fs.create(part, name, 0o644, os.O_RDWR, 0, 0)
-            await fs.write(fh, 0, data)
+            fh = await _new_file(fs, part, name, data)
             await fs.release(fh)  # queued in the group commit
         await fs.rename(part, ".t.tmp", part, "t", 0)
         assert fs_store.read_bytes(fs_store.get("p", "t")) == b"new"  # no drain: the rename did it
@@ -859,8 +865,7 @@ def test_a_metadata_change_reaching_a_file_removed_meanwhile_does_not_bring_it_b
 
     async def scenario(fs: Filesystem) -> None:
         part = (await fs.lookup(ROOT_INODE, "p")).ino
-        fh, _ = await fs.create(part, "f", 0o644, os.O_RDWR, 0, 0)
-        await fs.write(fh, 0, b"one")
+        fh = await _new_file(fs, part, "f", b"one")
         await fs.release(fh)
         ino = (await fs.lookup(part, "f")).ino
         fs_store.delete("p", "f")
@@ -876,11 +881,9 @@ def test_a_metadata_change_reaching_a_file_removed_meanwhile_does_not_bring_it_b
 
         # a new file removed before its first commit (renamed over while still being
         # written), then closed: a change through an inode looked up before is ENOENT
-        fh, _ = await fs.create(part, "g", 0o644, os.O_RDWR, 0, 0)
-        await fs.write(fh, 0, b"being written")
+        fh = await _new_file(fs, part, "g", b"being written")
         g = (await fs.lookup(part, "g")).ino
-        fh2, _ = await fs.create(part, ".h.tmp", 0o644, os.O_RDWR, 0, 0)
-        await fs.write(fh2, 0, b"replacement")
+        fh2 = await _new_file(fs, part, ".h.tmp", b"replacement")
         await fs.release(fh2)
         await fs.rename(part, ".h.tmp", part, "g", 0)
         await fs.release(fh)  # the replaced file's writes are dropped with it
@@ -899,8 +902,7 @@ def test_a_write_made_while_a_metadata_version_commits_builds_on_it(fs_store: St
 
     async def scenario(fs: Filesystem) -> None:
         part = (await fs.lookup(ROOT_INODE, "p")).ino
-        fh, _ = await fs.create(part, "f", 0o644, os.O_RDWR, 0, 0)
-        await fs.write(fh, 0, b"one")
+        fh = await _new_file(fs, part, "f", b"one")
         await fs.fsync(fh)
         ino = (await fs.lookup(part, "f")).ino
         async with trio.open_nursery() as nursery:
@@ -929,8 +931,7 @@ def test_an_unlink_during_a_batch_that_fails_keeps_the_closed_data_in_the_histor
     async def scenario(fs: Filesystem) -> None:
         part = (await fs.lookup(ROOT_INODE, "p")).ino
         for name in ("f", "g"):
-            fh, _ = await fs.create(part, name, 0o644, os.O_RDWR, 0, 0)
-            await fs.write(fh, 0, b"one")
+            fh = await _new_file(fs, part, name, b"one")
             await fs.fsync(fh)
             await fs.write(fh, 3, b" closed")
             await fs.release(fh)  # queued

@@ -257,17 +257,16 @@ class NameOps(MountState):
             raise oserror(errno.EXDEV)
         self._writable(ps)
         async with ps.lock:
-            # closed data goes first, except a new file's (it moves in memory, unless below)
-            src = await self._lookup_settled(ps, src_dir, name_old, new_files=False)
             dst = await self._lookup_settled(ps, dst_dir, name_new)
             replaces = dst is not None and not dst.is_dir and isinstance(dst.ref, bytes)
-            if src is not None and isinstance(src.ref, int) and (flags & RENAME_EXCHANGE or replaces):
-                # replacing (or swapping with) a committed object is one transaction in the
-                # store, as on a local filesystem: a new file commits first, under its old
-                # name. Moved in memory, the replaced object's tombstone committed at once
-                # and the new file up to a commit window later: other mounts saw no file,
-                # and after a crash in between the name was gone.
-                src = await self._lookup_settled(ps, src_dir, name_old)
+            # Closed data goes first. A new file moves in memory, except when the rename
+            # replaces (or swaps with) a committed object: that is one transaction in the
+            # store, as on a local filesystem, so the new file commits first, under its old
+            # name. Moved in memory, the replaced object's tombstone committed at once and
+            # the new file up to a commit window later: other mounts saw no file, and after
+            # a crash in between the name was gone.
+            settle_new = bool(flags & RENAME_EXCHANGE) or replaces
+            src = await self._lookup_settled(ps, src_dir, name_old, new_files=settle_new)
             tree = await self._tree(ps)
             if src is None:
                 raise oserror(errno.ENOENT)
