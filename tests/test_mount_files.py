@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def test_overwrite_and_read_back_every_version(d: Path) -> None:
     vs = versions_of(f)
     assert [p.read_text() for p in vs] == contents  # ls order is oldest first
     assert [p.name[:4] for p in vs] == ["0001", "0002", "0003", "0004", "0005", "0006"]
-    assert vs[-1].name.endswith(os.getxattr(f, "user.fsobj.absolute_hash").decode()[:8])
+    assert vs[-1].name.endswith(os.getxattr(f, "system.fsobj.absolute_hash").decode()[:8])
     with pytest.raises(OSError) as e:
         vs[0].write_text("no")
     assert e.value.errno in (errno.EROFS, errno.EACCES)
@@ -148,10 +149,10 @@ def test_mv_of_files_and_directories(shared_mount: Mount, d: Path) -> None:  # n
     (d / "a" / "b" / "x.txt").write_text("x\n")
     (d / "a" / "y.txt").write_text("y\n")
     (d / "a" / "empty").mkdir()
-    base = os.getxattr(d / "a" / "y.txt", "user.fsobj.base_hash")
+    base = os.getxattr(d / "a" / "y.txt", "system.fsobj.base_hash")
     sh(f"mv '{d}/a/y.txt' '{d}/a/b/z.txt'")
-    assert os.getxattr(d / "a" / "b" / "z.txt", "user.fsobj.base_hash") == base  # rename keeps the series
-    assert os.getxattr(d / "a" / "b" / "z.txt", "user.fsobj.version") == b"2"
+    assert os.getxattr(d / "a" / "b" / "z.txt", "system.fsobj.base_hash") == base  # rename keeps the series
+    assert os.getxattr(d / "a" / "b" / "z.txt", "system.fsobj.version") == b"2"
     sh(f"mv '{d}/a' '{d}/moved'")
     assert not (d / "a").exists()
     assert (d / "moved" / "b" / "x.txt").read_text() == "x\n"
@@ -249,7 +250,7 @@ def test_rename_exchange_swaps_files_and_directories_like_a_local_filesystem(
         (root / "dir2" / "two.txt").write_text("two")
         (root / "f.txt").write_text("file f")
         (root / "g.txt").write_text("file g")
-        bases = {n: os.getxattr(root / n, "user.fsobj.base_hash") for n in ("f.txt", "g.txt")} if root == d else {}
+        bases = {n: os.getxattr(root / n, "system.fsobj.base_hash") for n in ("f.txt", "g.txt")} if root == d else {}
         exchange(root / "f.txt", root / "g.txt")
         exchange(root / "dir1", root / "dir2")
         exchange(root / "f.txt", root / "dir2")  # a file and a directory
@@ -260,8 +261,8 @@ def test_rename_exchange_swaps_files_and_directories_like_a_local_filesystem(
             errors.append(e.value.errno)
         results.append((_snapshot(root), errors))
         if bases:  # each object kept its series: the swapped names carry the old baseHashes
-            assert os.getxattr(root / "g.txt", "user.fsobj.base_hash") == bases["f.txt"]
-            assert os.getxattr(root / "dir2", "user.fsobj.base_hash") == bases["g.txt"]
+            assert os.getxattr(root / "g.txt", "system.fsobj.base_hash") == bases["f.txt"]
+            assert os.getxattr(root / "dir2", "system.fsobj.base_hash") == bases["g.txt"]
     assert results[0] == results[1]
     assert results[0][1] == [errno.EINVAL, errno.ENOENT]
     assert results[0][0]["f.txt/sub/deep.txt"] == b"deep" and results[0][0]["dir2"] == b"file g"
@@ -289,27 +290,35 @@ def test_getfattr_and_setfattr(shared_mount: Mount, d: Path) -> None:  # noqa: F
         "chunks",
         "signature",
     ):
-        assert f"user.fsobj.{name}=" in dump, name
-    assert os.getxattr(f, "user.fsobj.checksum_type") == b"blake3-blocks-1m"
-    assert sh(f"{FSOBJ} checksum '{f}'").split()[0].encode() == os.getxattr(f, "user.fsobj.checksum")
-    assert os.getxattr(f, "user.fsobj.length") == b"1002"
-    assert os.getxattr(f, "user.fsobj.sort_key") == f"{d.name}/photo.jpg".encode()
+        assert f"system.fsobj.{name}=" in dump, name
+    assert os.getxattr(f, "system.fsobj.checksum_type") == b"blake3-blocks-1m"
+    assert sh(f"{FSOBJ} checksum '{f}'").split()[0].encode() == os.getxattr(f, "system.fsobj.checksum")
+    assert os.getxattr(f, "system.fsobj.length") == b"1002"
+    assert os.getxattr(f, "system.fsobj.sort_key") == f"{d.name}/photo.jpg".encode()
     sh(f"setfattr -n user.camera -v X100 '{f}'")
     assert sh(f"getfattr --only-values -n user.camera '{f}'") == "X100"
-    assert os.getxattr(f, "user.fsobj.version") == b"2"
+    assert os.getxattr(f, "system.fsobj.version") == b"2"
     sync_dir(d)
     info = json.loads(shared_mount.world.fsobj("get", "p", f"{d.name}/photo.jpg", "--info").stdout)
     assert ["camera", "X100"] in info["headers"]
     sh(f"setfattr -x user.camera '{f}'")
     assert "user.camera" not in os.listxattr(f)
-    r = sh(f"setfattr -n user.fsobj.version -v 9 '{f}'", check=False)
-    assert os.getxattr(f, "user.fsobj.version") == b"3", r
+    facts_changes = (
+        lambda: os.setxattr(f, "system.fsobj.version", b"9"),
+        lambda: os.removexattr(f, "system.fsobj.sort_key"),
+    )
+    for change in facts_changes:
+        with pytest.raises(OSError) as e:
+            change()
+        assert e.value.errno == errno.ENOTSUP  # read-only facts, as other filesystems refuse names they do not store
+    assert os.getxattr(f, "system.fsobj.version") == b"3"
+    assert os.getxattr(f, "system.fsobj.sort_key") == f"{d.name}/photo.jpg".encode()
     v1 = versions_of(f)[0]
-    assert os.getxattr(v1, "user.fsobj.version") == b"1"
+    assert os.getxattr(v1, "system.fsobj.version") == b"1"
     with pytest.raises(OSError):
         os.setxattr(v1, "user.camera", b"no")
-    assert os.getxattr(d, "user.fsobj.partition_id") == os.getxattr(f, "user.fsobj.partition_id")
-    assert b"tester" in os.getxattr(d.parent, "user.fsobj.owner_name")
+    assert os.getxattr(d, "system.fsobj.partition_id") == os.getxattr(f, "system.fsobj.partition_id")
+    assert b"tester" in os.getxattr(d.parent, "system.fsobj.owner_name")
 
 
 def test_attributes_of_a_file_still_open_for_writing_name_what_was_written(d: Path) -> None:
@@ -319,17 +328,19 @@ def test_attributes_of_a_file_still_open_for_writing_name_what_was_written(d: Pa
     with open(f, "wb") as w:
         w.write(b"first")
         w.flush()
-        assert os.getxattr(f, "user.fsobj.length") == b"5"
-        assert os.getxattr(f, "user.fsobj.version") == b"1"
+        assert os.getxattr(f, "system.fsobj.length") == b"5"
+        assert os.getxattr(f, "system.fsobj.version") == b"1"
         w.write(b" and more")
-    assert os.getxattr(f, "user.fsobj.length") == b"14"
-    assert os.getxattr(f, "user.fsobj.version") == b"2"
+    assert os.getxattr(f, "system.fsobj.length") == b"14"
+    assert os.getxattr(f, "system.fsobj.version") == b"2"
     assert [p.read_bytes() for p in versions_of(f)] == [b"first", b"first and more"]
 
 
 def test_symlinks_special_files_and_hard_links(d: Path) -> None:
     sh(f"ln -s ../target '{d}/sym'")
     assert os.readlink(d / "sym") == "../target"
+    # the kernel hides user.* names of symlinks, not system.* ones: a link shows its facts
+    assert os.getxattr(d / "sym", "system.fsobj.sort_key", follow_symlinks=False) == f"{d.name}/sym".encode()
     sh(f"mkfifo '{d}/fifo'")
     assert stat.S_ISFIFO(os.lstat(d / "fifo").st_mode)
     (d / "file").write_text("x")
@@ -346,13 +357,13 @@ def test_chmod_chown_touch_are_versions(d: Path) -> None:
     f.write_text("m")
     # the kernel reports the close (RELEASE) asynchronously: a chmod that overtakes it is
     # folded into the write's version (docs/mount.md); reading an attribute commits first
-    assert os.getxattr(f, "user.fsobj.version") == b"1"
+    assert os.getxattr(f, "system.fsobj.version") == b"1"
     os.chmod(f, 0o640)
     os.chown(f, 1234, 5678)
     os.utime(f, ns=(1_000_000_000, 2_000_000_000))
     st = os.stat(f)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == (0o640, 1234, 5678, 2_000_000_000)
-    assert os.getxattr(f, "user.fsobj.version") == b"4"
+    assert os.getxattr(f, "system.fsobj.version") == b"4"
     assert all(p.read_text() == "m" for p in versions_of(f))
     v1 = os.stat(versions_of(f)[0])  # history is readable by exactly those who may read the file
     assert (stat.S_IMODE(v1.st_mode), v1.st_uid, v1.st_gid) == (0o440, 1234, 5678)
@@ -375,14 +386,14 @@ def test_unlink_while_open_keeps_the_handle_working(d: Path) -> None:
 def test_objects_by_hash(d: Path) -> None:
     f = d / "h.txt"
     f.write_text("one")
-    v1 = os.getxattr(f, "user.fsobj.absolute_hash").decode()
+    v1 = os.getxattr(f, "system.fsobj.absolute_hash").decode()
     f.write_text("two")
-    base = os.getxattr(f, "user.fsobj.base_hash").decode()
+    base = os.getxattr(f, "system.fsobj.base_hash").decode()
     objects = d.parent / ".objects"
     assert v1 == base  # the first version's absoluteHash is the series' baseHash
     assert (objects / base).read_text() == "two"  # a baseHash means the series: its latest version
     assert (objects / f"{v1}@exact").read_text() == "one"
-    v2 = os.getxattr(f, "user.fsobj.absolute_hash").decode()
+    v2 = os.getxattr(f, "system.fsobj.absolute_hash").decode()
     assert (objects / v2).read_text() == "two"
     assert not (objects / ("0" * 64)).exists()
     assert os.listdir(objects) == []
@@ -499,6 +510,55 @@ def test_rsync_keeps_everything_and_a_second_run_finds_nothing_to_do(d: Path, tm
     assert [p.read_text() for p in versions_of(dst / "tiny.txt")][-1] == "changed\n"
 
 
+def test_copy_tools_keep_user_headers_and_pass_over_the_facts(
+    shared_mount: Mount,  # noqa: F811
+    d: Path,
+    tmp_path: Path,
+) -> None:
+    """``rsync -aX``, ``cp -a``, ``cp --preserve=all``, ``mv`` between partitions and
+    ``tar --xattrs`` copy the user headers, into the mount and out of it, and leave the
+    facts of a version (``system.fsobj.*``) behind, without a word. When the facts were
+    ``user.fsobj.*``, every ``rsync -aX`` into the mount failed with exit 23 (it removes
+    destination attributes its source lacks), mv, tar and cp --preserve=all printed one
+    error per fact, and copies out of the mount carried stale hashes."""
+
+    def quiet(cmd: str) -> None:
+        r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        assert (r.returncode, r.stderr) == (0, ""), cmd
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("one")
+    os.setxattr(src / "a", "user.tag", b"t1")
+    (src / "b").write_text("two")
+    dst = d / "mirror"
+    quiet(f"rsync -aX '{src}/' '{dst}/'")
+    assert os.getxattr(dst / "a", "user.tag") == b"t1"
+    assert os.getxattr(dst / "a", "system.fsobj.version") == b"1"
+    os.utime(src / "a", ns=(1, 1))  # the second run sends a again, and compares b's attributes
+    quiet(f"rsync -aX '{src}/' '{dst}/'")
+    assert (dst / "a").stat().st_mtime_ns == 1 and os.getxattr(dst / "a", "user.tag") == b"t1"
+
+    out = tmp_path / "out"
+    quiet(f"rsync -aX '{dst}/' '{out}/'")
+    quiet(f"cp -a '{dst}/a' '{tmp_path}/cp-a'")
+    quiet(f"tar --xattrs -C '{d}' -cf '{tmp_path}/t.tar' mirror")
+    quiet(f"mkdir '{tmp_path}/untar' && tar --xattrs -C '{tmp_path}/untar' -xf '{tmp_path}/t.tar'")
+    for copy in (out / "a", tmp_path / "cp-a", tmp_path / "untar" / "mirror" / "a"):
+        assert os.listxattr(copy) == ["user.tag"], copy
+    assert os.listxattr(out / "b") == []
+
+    other = shared_mount.path / "q"  # a second partition: rename(2) gives EXDEV, mv copies
+    other.mkdir(exist_ok=True)
+    quiet(f"cp --preserve=all '{dst}/a' '{other}/{d.name}-cp'")  # reads the facts, cannot set them
+    quiet(f"mv '{dst}/a' '{other}/{d.name}-mv'")
+    quiet(f"mkdir '{other}/{d.name}-tar' && tar --xattrs -C '{other}/{d.name}-tar' -xf '{tmp_path}/t.tar'")
+    for copy in (other / f"{d.name}-cp", other / f"{d.name}-mv", other / f"{d.name}-tar" / "mirror" / "a"):
+        assert copy.read_text() == "one"
+        assert os.getxattr(copy, "user.tag") == b"t1"
+        assert os.getxattr(copy, "system.fsobj.partition_id") != os.getxattr(d, "system.fsobj.partition_id")
+
+
 @pytest.mark.skipif(not shutil.which("vim"), reason="needs vim")
 def test_vim_edits_a_file_in_place(d: Path, tmp_path: Path) -> None:
     f = d / "v.txt"
@@ -592,10 +652,10 @@ def test_a_small_edit_of_a_big_file_is_the_version_a_whole_write_gives(d: Path, 
     for n, step in enumerate(steps, start=2):
         sh(step.format(local))
         sh(step.format(f))
-        assert os.getxattr(f, "user.fsobj.version") == str(n).encode()
+        assert os.getxattr(f, "system.fsobj.version") == str(n).encode()
         sh(f"cmp '{local}' '{f}'")
         whole = d / f"whole{n}.bin"
         sh(f"cp '{local}' '{whole}'")
-        assert os.getxattr(f, "user.fsobj.checksum") == sh(f"{FSOBJ} checksum '{local}'").split()[0].encode()
+        assert os.getxattr(f, "system.fsobj.checksum") == sh(f"{FSOBJ} checksum '{local}'").split()[0].encode()
         for name in ("checksum", "chunks", "length"):
-            assert os.getxattr(f, f"user.fsobj.{name}") == os.getxattr(whole, f"user.fsobj.{name}"), name
+            assert os.getxattr(f, f"system.fsobj.{name}") == os.getxattr(whole, f"system.fsobj.{name}"), name

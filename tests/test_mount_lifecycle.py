@@ -156,7 +156,7 @@ def test_daemon_mode_and_fsobj_umount(world: World) -> None:  # noqa: F811
     try:
         assert r.returncode == 0, r.stderr
         assert os.path.ismount(mp)  # mounted when the command returns
-        pid = int(os.getxattr(mp, "user.fsobj.daemon_pid"))
+        pid = int(os.getxattr(mp, "system.fsobj.daemon_pid"))
         writer = open_writer(mp / "p" / "bg.txt", "background")
         r = subprocess.run([FSOBJ, "umount", str(mp)], env=world.env, capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -279,7 +279,7 @@ def test_a_partition_shared_read_only_cannot_be_changed(world: World, tmp_path: 
         with pytest.raises(OSError) as e:
             attempt()
         assert e.value.errno in (errno.EROFS, errno.EACCES)
-    grants = json.loads(os.getxattr(part, "user.fsobj.grants"))
+    grants = json.loads(os.getxattr(part, "system.fsobj.grants"))
     assert grants[0]["name"] == "bob" and grants[0]["role"] == "read"
     with Store.open(world.store, alice) as s:
         assert s.read_bytes(s.get("p", "shared.txt")) == b"for bob"
@@ -320,6 +320,12 @@ def _check_allow_other(w: World) -> None:
     assert as_nobody(f"cat '{m.part}/public'").stdout == "pub"
     assert as_nobody(f"cat '{m.part}/secret'").returncode != 0
     assert as_nobody(f"cat '{m.part}'/.versions/secret/*").returncode != 0  # history follows the file
+    # the kernel checks no permission for system.* names: the daemon does, so that the
+    # checksum of a file's plaintext does not reach someone who may not read the file
+    assert len(as_nobody(f"getfattr --only-values -n system.fsobj.checksum '{m.part}/public'").stdout) == 64
+    denied = as_nobody(f"getfattr --only-values -n system.fsobj.checksum '{m.part}/secret'")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    assert "system.fsobj.checksum" in as_nobody(f"getfattr -m - '{m.part}/secret'").stdout  # names are no secret
     assert as_nobody(f"echo x > '{m.part}/mine'").returncode != 0  # the partition root is 0755 root
     assert as_nobody(f"echo x > '{m.part}/sticky/nobodys'").returncode == 0
     assert as_nobody(f"rm '{m.part}/sticky/roots'").returncode != 0  # sticky directory

@@ -77,7 +77,7 @@ def test_two_mounts_read_grant_write_grant_revoke(two: tuple[World, World]) -> N
     wait_for(lambda: (a.part / "bob.txt").exists(), SEEN_WITHIN_S, "bob's file appears in alice's mount")
     assert (a.part / "bob.txt").read_bytes() == b"from bob\n"
     author = subprocess.run(
-        ["getfattr", "--only-values", "-n", "user.fsobj.author", str(a.part / "bob.txt")],
+        ["getfattr", "--only-values", "-n", "system.fsobj.author", str(a.part / "bob.txt")],
         capture_output=True,
         text=True,
         check=True,

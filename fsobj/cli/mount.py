@@ -15,6 +15,7 @@ import click
 
 from fsobj.cli.common import Context, pass_ctx
 from fsobj.errors import UsageError
+from fsobj.fs import xattrs
 
 UMOUNT_TIMEOUT_S = 120.0
 
@@ -85,7 +86,7 @@ def umount(mountpoint: str, lazy: bool, timeout: float) -> None:
 
 def _daemon_pid(mountpoint: str) -> int | None:
     try:
-        return int(os.getxattr(mountpoint, "user.fsobj.daemon_pid"))
+        return int(os.getxattr(mountpoint, xattrs.NS + "daemon_pid"))
     except (OSError, ValueError):
         return None  # not an fsobj mount, or its daemon is gone
 

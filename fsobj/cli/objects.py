@@ -219,7 +219,7 @@ def checksum(files: tuple[str, ...]) -> None:
     """Print the payload checksum that FILES (- for stdin) would have in a store.
 
     Local files, no store or key needed: compare the output with the
-    user.fsobj.checksum attribute (or the "checksum" of `log --json`) of a
+    system.fsobj.checksum attribute (or the "checksum" of `log --json`) of a
     version whose checksum_type is blake3-blocks-1m. Versions written before
     that type existed show checksum_type blake3: plain BLAKE3, as b3sum prints.
     Output: "<checksum>  <file>", one line per file.

@@ -144,8 +144,15 @@ class MetaOps(FileOps):
             done = await self._work(work.create, ps.view, marker_key(path), b"", posix, headers)
             self._apply(ps, [done.value], done.gen_after)
 
-    async def getxattr(self, ino: int, name: str) -> bytes:
-        if not name.startswith(xattrs.USER):
+    async def getxattr(self, ino: int, name: str, caller: tuple[int, set[int]] | None = None) -> bytes:
+        """``caller`` (uid, groups): for ``system.fsobj.*`` names, which the kernel lets
+        through unchecked, the caller must be allowed to read the node (EACCES)."""
+        if name.startswith(xattrs.NS):
+            if caller is not None:
+                a = await self._attr(self._key(ino), ino)
+                if not xattrs.may_read_facts(a.mode, a.uid, a.gid, *caller):
+                    raise oserror(errno.EACCES, f"{name}: no read permission")
+        elif not name.startswith(xattrs.USER):
             raise oserror(errno.ENODATA)
         value = (await self._xattrs(ino)).get(name)
         if value is None:
@@ -153,6 +160,12 @@ class MetaOps(FileOps):
         return value
 
     async def listxattr(self, ino: int) -> list[str]:
+        of = self.files.get(ino)
+        if of is not None and of.dirty and self._key(ino)[0] == "obj":
+            # the names do not depend on what is written: no commit for them (rsync -X
+            # lists the attributes of its temporary file before it sets any; a commit
+            # here made that file's first version, and each later change one more)
+            return xattrs.version_xattr_names(of.headers)
         return list(await self._xattrs(ino))
 
     async def setxattr(self, ino: int, name: str, value: bytes) -> None:

@@ -30,6 +30,7 @@ assert (pyfuse3.RENAME_NOREPLACE, pyfuse3.RENAME_EXCHANGE) == (RENAME_NOREPLACE,
 
 READDIR_BATCH = 32  # entries whose attributes are computed together (doubling while the kernel takes them)
 USER_PREFIX = xattrs.USER.encode()
+FACTS_PREFIX = xattrs.NS.encode()
 QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY}  # expected in normal use
 
 
@@ -60,6 +61,23 @@ def translated(fn: F) -> F:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return cast(F, wrapper)
+
+
+def _caller(ctx: pyfuse3.RequestContext) -> tuple[int, set[int]]:
+    """The uid and the groups of the process behind a request. FUSE passes only the
+    primary gid; the supplementary groups come from ``/proc/<pid>/status`` (only the
+    primary one if the process is gone)."""
+    groups = {ctx.gid}
+    if ctx.uid != 0:  # root may read anything: no need to look
+        try:
+            with open(f"/proc/{ctx.pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Groups:"):
+                        groups.update(int(g) for g in line.split()[1:])
+                        break
+        except (OSError, ValueError):
+            pass
+    return ctx.uid, groups
 
 
 def _short(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -282,11 +300,13 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------ extended attributes
     @translated
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not name.startswith(USER_PREFIX):
-            # security.capability before every write, security.selinux and POSIX ACLs for
-            # every `ls -l` entry: answered without touching the node
-            raise pyfuse3.FUSEError(errno.ENODATA)
-        return await self.fs.getxattr(inode, _name(name))
+        if name.startswith(USER_PREFIX):
+            return await self.fs.getxattr(inode, _name(name))
+        if name.startswith(FACTS_PREFIX):  # the kernel checks no permission for system.*
+            return await self.fs.getxattr(inode, _name(name), _caller(ctx))
+        # security.capability before every write, security.selinux and POSIX ACLs for
+        # every `ls -l` entry: answered without touching the node
+        raise pyfuse3.FUSEError(errno.ENODATA)
 
     @translated
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:

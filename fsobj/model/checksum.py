@@ -25,7 +25,7 @@ from fsobj import crypto
 
 BLOCK_SIZE = 1024 * 1024
 CHECKSUM_CONTEXT = "fsobj 2026-12 v1 payload checksum"
-CHECKSUM_TYPE = "blake3-blocks-1m"  # as the xattr user.fsobj.checksum_type names it (formats 1, 2: "blake3")
+CHECKSUM_TYPE = "blake3-blocks-1m"  # as the xattr system.fsobj.checksum_type names it (formats 1, 2: "blake3")
 
 Block = tuple[bytes, int]  # (BLAKE3-256 of the block, its length)
 
