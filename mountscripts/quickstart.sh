@@ -6,9 +6,9 @@
 #
 # DIR (default ./demo) holds the demo identity, store, cache and mount point.
 # With --keep the demo stays mounted (unmount with: fsobj umount DIR/mnt).
-# Installs, if missing: fuse3, libfuse3-dev, pkg-config, attr, python3-venv,
-# python3-dev, gcc (with sudo when not root); then a virtualenv in .venv with
-# "pip install -e .[test]".
+# Sets up first with scripts/setup.sh: the packages it needs (fuse3,
+# libfuse3-dev, pkg-config, attr, ...; with sudo when not root), a virtualenv
+# in .venv with "pip install -e .[test]", and a line in /etc/xattr.conf.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,24 +21,9 @@ for arg in "$@"; do
     esac
 done
 
-need_packages() {
-    command -v fusermount3 >/dev/null && command -v getfattr >/dev/null &&
-        command -v pkg-config >/dev/null && pkg-config --exists fuse3 &&
-        python3 -c 'import ensurepip, venv' 2>/dev/null && return 1
-    return 0
-}
-
-if need_packages; then
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update
-    $SUDO apt-get install -y fuse3 libfuse3-dev pkg-config attr python3-venv python3-dev gcc
-fi
-
-[ -d .venv ] || python3 -m venv .venv
+bash scripts/setup.sh  # packages, .venv, fsobj, the /etc/xattr.conf line
 # shellcheck disable=SC1091
 . .venv/bin/activate
-pip install -q -e ".[test]"
 
 mkdir -p "$DEMO"
 DEMO=$(cd "$DEMO" && pwd)

@@ -17,6 +17,7 @@ from fsobj.fs import work, xattrs
 from fsobj.fs.files import FileOps
 from fsobj.fs.inodes import NodeKey
 from fsobj.fs.state import (
+    FACTS_CACHE,
     Attr,
     PartState,
     oserror,
@@ -223,9 +224,21 @@ class MetaOps(FileOps):
         return out
 
     async def _version_xattrs(self, v: Version, view: PartitionView) -> dict[str, bytes]:
+        """A fresh dict (callers change it) of the version's attributes, computed once
+        while it is among the last ``FACTS_CACHE`` versions asked for: ``cp -a`` and
+        ``getfattr -d`` ask for every attribute of a file one by one (twice, with the
+        size first), and each answer used to compute all of them."""
+        cached = self.facts.get(v.hash)
+        if cached is not None:
+            self.facts.move_to_end(v.hash)
+            return dict(cached)
         if v.header.chunks is not None:
             count = len(v.header.chunks)
         else:
             keys = view.epoch_keys(v.header.epoch)
             count = len(await self._thread(self.store.payloads.chunk_refs, v.header, keys))
-        return xattrs.version_xattrs(v, view, count)
+        out = xattrs.version_xattrs(v, view, count)
+        self.facts[v.hash] = out
+        if len(self.facts) > FACTS_CACHE:
+            self.facts.popitem(last=False)
+        return dict(out)

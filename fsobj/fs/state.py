@@ -62,6 +62,7 @@ TYPE_OF_BITS = {bits: name for name, bits in TYPE_BITS.items()}
 HISTORY_DELAY = 2.0  # s after a partition's first use until its .versions tree is built in the background
 EXACT_SUFFIX = "@exact"  # .objects/<hash>@exact: that very version, even if it is a baseHash
 VERSION_CACHE = 16384
+FACTS_CACHE = 256  # versions whose xattrs are kept computed (meta._version_xattrs)
 SETTLED_REFS = 65536  # new files' int refs remembered after their first commit (_resolve)
 
 
@@ -165,6 +166,8 @@ class MountState:
         self.stream_slots = threading.BoundedSemaphore(MAX_STREAMS)  # streaming writes at once
         # absoluteHash -> (pid, length, created_us, baseHash): version files' attributes from index rows
         self.ver_info: dict[bytes, tuple[bytes, int, int, bytes]] = {}
+        # the system.fsobj.* facts of recent versions: `cp -a` asks for each of them twice
+        self.facts: collections.OrderedDict[bytes, dict[str, bytes]] = collections.OrderedDict()
         self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(self.opts.threads)
         self.committer = Committer(self._commit_many, self._remove_many, window=self.opts.commit_window)
