@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,7 @@ def test_a_dead_commit_helper_leaves_the_daemon_committing_by_itself(world: Worl
     os.unlink(m.part / "g0")
     sync_dir(m.part)
     names = {e["sort_key"] for e in json.loads(world.fsobj("ls", "p", "--json").stdout)}
-    assert names == {f"g{i}" for i in range(1, 30)}
+    assert names == {f"g{i}" for i in range(1, 30)} | {"/"}  # "/": the root's marker, with its mtime
     assert "the daemon commits by itself" in m.log.read_text()
     assert m.stop() == 0
     assert world.fsobj("get", "p", "g29").stdout == b"after 29"
@@ -222,6 +223,53 @@ def test_two_mounts_see_each_others_changes_and_a_conflict_keeps_both(world: Wor
     rm_gone = a.part / "dir" / "x"
     os.unlink(rm_gone)
     wait_for(lambda: not (b.part / "dir" / "x").exists(), what="b to see a's rm")
+
+
+def test_a_directory_s_mtime_follows_its_entries_and_survives_a_remount(world: World, tmp_path: Path) -> None:  # noqa: F811
+    """As on a local filesystem: making, removing or renaming an entry sets the mtime and
+    ctime of its directory, ``touch`` sets it, ``chmod`` keeps it. The times are written
+    (fsync of the directory here) so another mount and a remount show the same; a
+    directory whose mtime rsync set after filling it keeps that mtime."""
+    m = world.mount("m", "refresh=0.2", "attr_timeout=0.2")
+    d = m.part / "d"
+    d.mkdir()
+
+    def changed_by(cmd: str, *dirs: Path) -> None:
+        before = [os.stat(x).st_mtime_ns for x in dirs]
+        start = time.time_ns()
+        sh(cmd)
+        for x, b in zip(dirs, before, strict=True):
+            st = os.stat(x)
+            assert st.st_mtime_ns > b and st.st_mtime_ns >= start and st.st_ctime_ns >= st.st_mtime_ns, (cmd, x)
+
+    changed_by(f"cp /etc/hostname '{d}/a'", d)
+    changed_by(f"mkdir '{d}/sub'", d)
+    changed_by(f"mv '{d}/a' '{d}/sub/a'", d, d / "sub")
+    changed_by(f"mv '{d}/sub/a' '{m.part}/a'", d / "sub", m.part)
+    changed_by(f"rm '{m.part}/a'", m.part)
+    changed_by(f"rmdir '{d}/sub'", d)
+    changed_by(f"ln -s nowhere '{d}/link'", d)
+    sh(f"touch -m -d '2001-02-03 04:05:06Z' '{d}'")
+    assert os.stat(d).st_mtime == 981173106
+    os.chmod(d, 0o750)  # a new version of the directory's marker, with the same mtime
+    assert os.stat(d).st_mtime == 981173106
+    changed_by(f"rm '{d}/link'", d)
+
+    src = tmp_path / "src"  # rsync sets a directory's mtime after it filled it
+    (src / "in").mkdir(parents=True)
+    for i in range(20):
+        (src / "in" / f"f{i}").write_text(str(i))
+    os.utime(src / "in", ns=(1_200_000_000_000_000_000, 1_200_000_000_000_000_000))
+    sh(f"rsync -a '{src}/' '{d}/mirror/'")
+    assert os.stat(d / "mirror" / "in").st_mtime_ns == 1_200_000_000_000_000_000
+
+    sync_dir(d)  # writes the times the group commit has not written yet
+    want = {x: os.stat(x).st_mtime_ns for x in (m.part, d, d / "mirror", d / "mirror" / "in")}
+    other = world.mount("other", "refresh=0.2", "attr_timeout=0.2")
+    assert {x: os.stat(other.path / x.relative_to(m.path)).st_mtime_ns for x in want} == want
+    assert m.stop() == 0 and other.stop() == 0
+    again = world.mount("again")
+    assert {x: os.stat(again.path / x.relative_to(m.path)).st_mtime_ns for x in want} == want
 
 
 def test_kernel_caches_are_invalidated_when_another_mount_changes_things(world: World) -> None:  # noqa: F811

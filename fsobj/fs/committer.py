@@ -22,6 +22,7 @@ returns.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -35,6 +36,10 @@ CommitMany = Callable[[list[OpenFile]], Awaitable[None]]
 Removal = tuple[bytes, Version | None]  # (partition id, the head the mount knew at unlink: the commit's hint)
 QueuedRemoval = tuple[bytes, bytes, Version | None]  # (partition id, baseHash, hint)
 RemoveMany = Callable[[list[QueuedRemoval]], Awaitable[None]]
+# Runs after every drain, for what a batch changes besides files (directory times):
+# ``force`` (fsyncdir, unmount) writes everything; returns the seconds after which it
+# wants to run again for what it left (None: nothing left).
+After = Callable[[bool], Awaitable[float | None]]
 
 
 class Committer:
@@ -46,9 +51,12 @@ class Committer:
         idle: float = 0.02,
         max_files: int = 1000,
         max_bytes: int = 64 * 1024 * 1024,
+        after: After | None = None,
     ) -> None:
         self.commit_many = commit_many
         self.remove_many = remove_many
+        self.after = after
+        self._after_due = math.inf  # trio time when ``after`` wants to run again
         self.window = window
         self.idle = idle
         self.max_files = max_files
@@ -84,6 +92,10 @@ class Committer:
         of the index taken meanwhile still shows these."""
         return [b for pending in (self._removals, self._writing) for b, (p, _) in pending.items() if p == pid]
 
+    def poke(self) -> None:
+        """Something besides files waits to be written (``after``): run a batch."""
+        self._arrived()
+
     def submit_removal(self, pid: bytes, base_hash: bytes, head: Version | None = None) -> None:
         """Queue the tombstone of an object already gone from the mount's tree. ``head``:
         its current version as the mount knew it at unlink time, kept with the entry so
@@ -107,9 +119,10 @@ class Committer:
         task_status.started()
         try:
             while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                await self._gather()
+                with trio.move_on_at(self._after_due):  # also when ``after`` asked to be called again
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    await self._gather()
                 await self.drain()
         finally:
             self.running = False
@@ -155,9 +168,10 @@ class Committer:
                 finally:
                     self._writing = {}
 
-    async def drain(self) -> None:
+    async def drain(self, force: bool = False) -> None:
         """Commit everything queued now (and wait for batches already committing):
-        tombstones first, so that a name freed and taken again commits in that order."""
+        tombstones first, so that a name freed and taken again commits in that order.
+        ``force``: ``after`` writes all it holds too (fsyncdir, unmount)."""
         await self.drain_removals()
         async with self._files_lock:
             while self._queue or self._removals:
@@ -173,3 +187,11 @@ class Committer:
                 finally:
                     done, self._batch_done = self._batch_done, trio.Event()
                     done.set()
+        if self.after is not None:  # holding none of the batch locks
+            again = None
+            try:
+                with trio.CancelScope(shield=True):
+                    again = await self.after(force)
+            except Exception:
+                log.exception("group commit: writing directory times failed")
+            self._after_due = math.inf if again is None else trio.current_time() + again

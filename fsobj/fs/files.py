@@ -340,7 +340,7 @@ class FileOps(MountState):
         old = of.ref
         assert isinstance(old, int)
         if ps.tree is not None:
-            ps.tree.remove(old)
+            ps.tree.swap(old, v.base_hash)
         of.ref = v.base_hash
         self._settled_ref(old, v.base_hash)
         self.inodes.rekey(("obj", ps.pid, old), ("obj", ps.pid, v.base_hash))
@@ -377,18 +377,20 @@ class FileOps(MountState):
             of.rebase(cur)
 
     async def fsyncdir(self) -> None:
-        """Make every closed file durable: commit the group-commit queue now."""
-        await self.committer.drain()
+        """Make every closed file durable: commit the group-commit queue now, and the
+        directory times it has not written yet."""
+        await self.committer.drain(force=True)
 
     async def flush_all(self) -> None:
         """Commit every open file with staged changes (SIGTERM, unmount)."""
-        await self.committer.drain()
+        await self.committer.drain(force=True)
         for of in list(self.files.values()):
             if of.dirty:
                 try:
                     await self._commit(of)
                 except Exception:
                     log.exception("could not commit %s", of.sort_key)
+        await self._save_dir_times(True)  # a conflict copy made just now adds an entry
 
     async def _truncate(self, ino: int, key: NodeKey, size: int) -> None:
         if key[0] != "obj":

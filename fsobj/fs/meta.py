@@ -117,9 +117,9 @@ class MetaOps(FileOps):
             await self._maybe_commit(of)
         return True
 
-    async def _meta_version(self, ps: PartState, ref: Ref, change: work.Change) -> None:
+    async def _meta_version(self, ps: PartState, ref: Ref, change: work.Change, always: bool = False) -> None:
         assert isinstance(ref, bytes)
-        done = await self._work(work.update_meta, ps.view, ref, change)
+        done = await self._work(work.update_meta, ps.view, ref, change, always)
         v = done.value
         if v is None:
             return
@@ -138,10 +138,23 @@ class MetaOps(FileOps):
             d = tree.dir(path)
             if d is None:
                 raise oserror(errno.ENOENT)
+            # the mtime shown now (entries made or removed since the marker's version
+            # count) is what the new version keeps, unless the change sets one
+            shown = (await self._partdir_attr(0, ps, path)).mtime_ns
+
+            def keeping_mtime(p: Posix, h: tuple[tuple[str, str], ...]) -> tuple[Posix, tuple[tuple[str, str], ...]]:
+                return change(replace(p, mtime_ns=shown), h)
+
             if isinstance(d.marker, bytes):
-                await self._meta_version(ps, d.marker, change)
+                stored = None
+                if d.marker in ps.heads:
+                    stored = (await self._version(ps.heads[d.marker].head_hash, ps.view)).header.posix.mtime_ns
+                # entries changed since the marker's version: even a change to what is stored
+                # (rsync sets a directory's mtime when it makes it, and again after filling it)
+                # needs a version, whose time then comes after theirs
+                await self._meta_version(ps, d.marker, keeping_mtime, always=shown != stored)
                 return
-            posix, headers = change(self._default_dir_posix(), ())
+            posix, headers = keeping_mtime(self._default_dir_posix(), ())
             done = await self._work(work.create, ps.view, marker_key(path), b"", posix, headers)
             self._apply(ps, [done.value], done.gen_after)
 

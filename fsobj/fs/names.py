@@ -18,6 +18,8 @@ import time
 from collections.abc import AsyncIterator
 from functools import partial
 
+import trio
+
 from fsobj.fs import work
 from fsobj.fs.committer import QueuedRemoval
 from fsobj.fs.inodes import NodeKey
@@ -44,6 +46,7 @@ from fsobj.fs.tree import (
 from fsobj.model.header import MAX_SORT_KEY_BYTES, Posix, check_sort_key
 from fsobj.store import Version
 
+DIR_TIMES_EVERY = 30.0  # seconds between two writes of a partition's directory times (docs/mount.md)
 RENAME_NOREPLACE = 1  # linux/fs.h values, as pyfuse3 passes them
 RENAME_EXCHANGE = 2
 
@@ -187,6 +190,53 @@ class NameOps(MountState):
             ns = work.Namespace(ps.view, [], bases, [], hints)
             done = await self._far(work.change_names, ns)
             self._apply(ps, done.value, done.gen_after)
+
+    async def _save_dir_times(self, force: bool) -> float | None:
+        """Write the times of directories whose entries changed here: each directory's
+        marker gets a version with that mtime, the partition root a marker if it has none
+        (one transaction per partition). A partition's are written with the first batch
+        after a change, then at most every ``DIR_TIMES_EVERY`` seconds, so that a directory
+        that gains a file a second does not get a marker version a second; ``force``
+        (fsyncdir, unmount) writes them all now. Returns the seconds until the next ones
+        are due (None: nothing waits). A directory that exists only because sort keys run
+        through it (no marker) keeps its times in memory only."""
+        now = trio.current_time()
+        wait: float | None = None
+        for ps in list(self.parts.values()):
+            if not ps.unsaved_dirs or ps.tree is None or not ps.writable:
+                continue
+            due = ps.dir_times_saved + DIR_TIMES_EVERY
+            if not force and now < due:
+                wait = due - now if wait is None else min(wait, due - now)
+                continue
+            ps.dir_times_saved = now
+            async with ps.lock:
+                tree = ps.tree
+                if tree is None:
+                    continue
+                paths = set(ps.unsaved_dirs)
+                ps.unsaved_dirs.clear()
+                times = {p: t for p in paths if (t := ps.entry_times.get(p)) is not None and tree.dir(p) is not None}
+                mtimes: list[tuple[bytes, int]] = []
+                markers: list[tuple[str, Posix]] = []
+                for path, t in times.items():
+                    marker = tree.dir(path).marker  # type: ignore[union-attr]
+                    e = ps.heads.get(marker) if isinstance(marker, bytes) else None
+                    if e is not None and not e.tombstone and t > e.created_us * 1000:
+                        mtimes.append((e.base_hash, t))
+                    elif marker is None and not path:
+                        p = self._default_dir_posix()
+                        markers.append((marker_key(path), Posix("dir", p.mode, p.uid, p.gid, t)))
+                if not mtimes and not markers:
+                    continue
+                hints = self._known_heads(ps, [b for b, _ in mtimes])
+                ns = work.Namespace(ps.view, [], [], markers, hints, mtimes=mtimes)
+                try:
+                    done = await self._far(work.change_names, ns)
+                except Exception as e:
+                    log.warning("partition %s: directory times not written: %s", ps.name, e)
+                    continue
+                self._apply(ps, done.value, done.gen_after)
 
     async def _lookup_settled(self, ps: PartState, path: str, name: str, new_files: bool = True) -> Child | None:
         """Look ``name`` up; if it is a file with closed writes not committed yet (waiting

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import math
 import os
 import stat
 import threading
@@ -108,6 +109,9 @@ class PartState:
     tree: PartitionTree | None = None
     history: HistoryTree | None = None
     heads: dict[bytes, ListEntry] = field(default_factory=dict)  # baseHash -> head, deleted ones too
+    entry_times: dict[str, int] = field(default_factory=dict)  # directory -> last entry change seen here (ns)
+    unsaved_dirs: set[str] = field(default_factory=set)  # directories whose entry_times are not written yet
+    dir_times_saved: float = -math.inf  # trio time of the last write of directory times
 
     @property
     def pid(self) -> bytes:
@@ -170,7 +174,9 @@ class MountState:
         self.facts: collections.OrderedDict[bytes, dict[str, bytes]] = collections.OrderedDict()
         self.page_cache: dict[int, bytes] = {}  # inode -> version the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(self.opts.threads)
-        self.committer = Committer(self._commit_many, self._remove_many, window=self.opts.commit_window)
+        self.committer = Committer(
+            self._commit_many, self._remove_many, window=self.opts.commit_window, after=self._save_dir_times
+        )
         self.helper: CommitHelper | None = None  # started by start() when opts.commit_helper
         self.started_ns = time.time_ns()
         self._gen = -1
@@ -402,7 +408,7 @@ class MountState:
             return self.store.generation(), self.store.list(ps.pid)
 
         gen, entries = await self._thread(listing)
-        tree: PartitionTree = PartitionTree()
+        tree: PartitionTree = PartitionTree(ps.entry_times, ps.unsaved_dirs)
         heads: dict[bytes, ListEntry] = {}
         for e in entries:
             _place(tree, None, heads, e)
@@ -414,6 +420,7 @@ class MountState:
                 tree.add(of.ref, of.sort_key)
         for base_hash in self.committer.removals_of(ps.pid):  # unlinked here, tombstone not written yet
             tree.remove(base_hash)
+        tree.clock = self._entry_clock  # entries that come and go from now on set their directory's times
         ps.tree, ps.history, ps.heads = tree, None, heads
 
     async def _build_history(self, ps: PartState, tree: PartitionTree) -> None:
@@ -500,15 +507,23 @@ class MountState:
             raise oserror(errno.ENOENT)
         nlink = 2 + len(d.subdirs) + (1 if not path else 0)  # the partition root also holds .versions
         marker = d.marker
+        changed = tree.entry_times.get(path, 0)
         if isinstance(marker, bytes) and marker in ps.heads:
             v = await self._version(ps.heads[marker].head_hash, ps.view)
             p = v.header.posix
             mode = p.mode if ps.writable else p.mode & ~0o222
+            made = v.header.created_us * 1000
             return self._dir_attr(
-                ino, mode, nlink=nlink, mtime_ns=p.mtime_ns, uid=p.uid, gid=p.gid, ctime_ns=v.header.created_us * 1000
+                ino,
+                mode,
+                nlink=nlink,
+                mtime_ns=dir_mtime(p.mtime_ns, made, changed),
+                uid=p.uid,
+                gid=p.gid,
+                ctime_ns=max(made, changed),
             )
         mode = 0o755 if ps.writable else 0o555
-        return self._dir_attr(ino, mode, nlink=nlink, mtime_ns=ps.view.record.created_us * 1000)
+        return self._dir_attr(ino, mode, nlink=nlink, mtime_ns=max(ps.view.record.created_us * 1000, changed))
 
     async def _obj_attr(self, ino: int, ps: PartState, ref: Ref) -> Attr:
         of = self.files.get(ino)
@@ -643,6 +658,15 @@ class MountState:
     async def _remove_many(self, items: list[QueuedRemoval]) -> None:
         raise NotImplementedError  # NameOps
 
+    async def _save_dir_times(self, force: bool) -> float | None:
+        raise NotImplementedError  # NameOps
+
+    def _entry_clock(self) -> int:
+        """The time of an entry change in a directory; the change is written with the
+        next batch of the group commit (:meth:`_save_dir_times`)."""
+        self.committer.poke()
+        return time.time_ns()
+
     def _default_dir_posix(self) -> Posix:
         return Posix("dir", 0o755, self.opts.uid, self.opts.gid, time.time_ns())
 
@@ -653,6 +677,13 @@ def _seen_change(old: ListEntry | None, new: ListEntry | None) -> bool:
     if old is None or old.tombstone:
         return new is not None and not new.tombstone
     return new is None or new.head_hash != old.head_hash
+
+
+def dir_mtime(marker_mtime_ns: int, marker_made_ns: int, entries_changed_ns: int) -> int:
+    """A directory's mtime: whichever came last, the version of its marker (which holds
+    the mtime set by ``utime`` or kept by ``chmod``) or the last entry made, removed or
+    renamed in it through this mount (0: none)."""
+    return entries_changed_ns if entries_changed_ns > marker_made_ns else marker_mtime_ns
 
 
 def _place(tree: PartitionTree, history: HistoryTree | None, heads: dict[bytes, ListEntry], e: ListEntry) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 VERSIONS = ".versions"
@@ -201,15 +201,37 @@ class Dir:
 
 
 class PartitionTree:
-    """The live objects of one partition arranged as directories."""
+    """The live objects of one partition arranged as directories.
 
-    def __init__(self) -> None:
+    It also keeps when each directory last gained or lost an entry
+    (``entry_times``: path -> ns), the time a local filesystem puts in a
+    directory's mtime and ctime. Changes are stamped with ``clock`` once it is
+    set (the mount sets it when a tree is built; building from a listing stamps
+    nothing), and the stamped directories are collected in ``unsaved`` until
+    the mount writes their times. Both may be shared with the tree this one
+    replaces, so a rebuild keeps them.
+    Giving a new file its first ref (``swap``) and placing an object under
+    the key it already has change no entry and stamp nothing.
+    """
+
+    def __init__(self, entry_times: dict[str, int] | None = None, unsaved: set[str] | None = None) -> None:
         self.root = Dir("")
         self.dirs: dict[str, Dir] = {"": self.root}
         self.keys: dict[Ref, str] = {}  # ref -> sort key
+        self.entry_times: dict[str, int] = {} if entry_times is None else entry_times
+        self.unsaved: set[str] = set() if unsaved is None else unsaved  # stamped, not written yet
+        self.clock: Callable[[], int] | None = None
+
+    def _stamp(self, path: str) -> None:
+        if self.clock is not None:
+            self.entry_times[path] = self.clock()
+            self.unsaved.add(path)
 
     def add(self, ref: Ref, sort_key: str) -> None:
-        if ref in self.keys:
+        old = self.keys.get(ref)
+        if old == sort_key:
+            return
+        if old is not None:
             self.remove(ref)
         self.keys[ref] = sort_key
         p = place(sort_key)
@@ -223,6 +245,28 @@ class PartitionTree:
         refs.append(ref)
         refs.sort(key=_order)
         d.changed(p.name)
+        self._stamp(p.parent)
+
+    def swap(self, old: Ref, new: Ref) -> None:
+        """The same entry under another ref (a new file's first version)."""
+        if new in self.keys:  # a rebuild placed the version already: only the old ref goes
+            clock, self.clock = self.clock, None
+            try:
+                self.remove(old)
+            finally:
+                self.clock = clock
+            return
+        sort_key = self.keys.pop(old, None)
+        if sort_key is None:
+            return
+        self.keys[new] = sort_key
+        p = place(sort_key)
+        d = self.dirs[p.dir if p.marker else p.parent]
+        refs = d.markers if p.marker else d.files[p.name]
+        refs[refs.index(old)] = new
+        refs.sort(key=_order)
+        if not p.marker:
+            d.changed(p.name)
 
     def remove(self, ref: Ref) -> None:
         sort_key = self.keys.pop(ref, None)
@@ -242,6 +286,7 @@ class PartitionTree:
             if not refs:
                 d.files.pop(p.name, None)
             d.changed(p.name)
+            self._stamp(p.parent)
         self._prune(d)
 
     def _ensure(self, path: str) -> Dir:
@@ -254,6 +299,7 @@ class PartitionTree:
         parent.subdirs[name] = d
         parent.changed(name)
         self.dirs[path] = d
+        self._stamp(parent_path)
         return d
 
     def _prune(self, d: Dir) -> None:
@@ -263,6 +309,8 @@ class PartitionTree:
             parent.subdirs.pop(name, None)
             parent.changed(name)
             del self.dirs[d.path]
+            self.entry_times.pop(d.path, None)
+            self._stamp(parent_path)
             d = parent
 
     # ------------------------------------------------------------ queries

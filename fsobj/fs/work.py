@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Generic, TypeVar
 
 from fsobj.errors import ConflictError, DeletedError
@@ -202,8 +202,11 @@ def conflict_copy(store: Store, job: DataJob, winner: bytes | None) -> Version:
     return v
 
 
-def update_meta(store: Store, view: PartitionView, base_hash: bytes, change: Change) -> Version | None:
-    """A metadata version (same payload) of the series' current head; None if nothing changes.
+def update_meta(
+    store: Store, view: PartitionView, base_hash: bytes, change: Change, always: bool = False
+) -> Version | None:
+    """A metadata version (same payload) of the series' current head; None if nothing
+    changes, unless ``always`` (a directory whose shown mtime is not the stored one).
 
     ``DeletedError`` (ENOENT) if the head is a tombstone: a ``chmod``, ``touch`` or
     ``setfattr`` that reaches a file another process removed meanwhile (the kernel
@@ -215,7 +218,7 @@ def update_meta(store: Store, view: PartitionView, base_hash: bytes, change: Cha
         if prev.tombstone:
             raise DeletedError(f"{prev.header.sort_key!r} was deleted", prev.hash)
         posix, headers = change(prev.header.posix, prev.header.headers)
-        if posix == prev.header.posix and headers == prev.header.headers:
+        if not always and posix == prev.header.posix and headers == prev.header.headers:
             return None
         try:
             return store.commit(view, prev, posix=posix, headers=headers)
@@ -250,6 +253,7 @@ class Namespace:
     removals: list[bytes]  # baseHashes to tombstone
     markers: list[tuple[str, Posix]]  # (marker sort key, attributes) to create
     heads: dict[bytes, Version] = field(default_factory=dict)  # the heads as the mount knows them (hints)
+    mtimes: list[tuple[bytes, int]] = field(default_factory=list)  # (marker baseHash, directory mtime ns) to write
 
 
 def change_names(store: Store, ns: Namespace) -> list[Version]:
@@ -273,7 +277,7 @@ def _change_names_once(store: Store, ns: Namespace, hints: dict[bytes, Version])
     def prev_of(base_hash: bytes) -> Version:
         return hints.get(base_hash) or head(store, view, base_hash)
 
-    single = len(ns.moves) + len(ns.removals) + len(ns.markers) == 1  # one version: no batch (no syncfs)
+    single = len(ns.moves) + len(ns.removals) + len(ns.markers) + len(ns.mtimes) == 1  # one version: no batch
     with contextlib.nullcontext(False) if single else batch(store):
         for base_hash in ns.removals:
             prev = prev_of(base_hash)
@@ -286,4 +290,8 @@ def _change_names_once(store: Store, ns: Namespace, hints: dict[bytes, Version])
             # not exclusive: if another writer made the same marker meanwhile, two markers
             # of one directory are harmless (the tree uses the first)
             out.append(store.commit(view, None, sort_key=key, source=b"", posix=posix))
+        for base_hash, mtime_ns in ns.mtimes:
+            prev = prev_of(base_hash)
+            if not prev.tombstone:  # removed meanwhile: nothing left to date
+                out.append(store.commit(view, prev, posix=replace(prev.header.posix, mtime_ns=mtime_ns)))
     return out
