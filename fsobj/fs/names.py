@@ -234,7 +234,8 @@ class NameOps(MountState):
                 try:
                     done = await self._far(work.change_names, ns)
                 except Exception as e:
-                    log.warning("partition %s: directory times not written: %s", ps.name, e)
+                    log.warning("partition %s: directory times not written (tried again later): %s", ps.name, e)
+                    ps.unsaved_dirs.update(times)
                     continue
                 self._apply(ps, done.value, done.gen_after)
 
