@@ -146,9 +146,8 @@ class MetaOps(FileOps):
                 return change(replace(p, mtime_ns=shown), h)
 
             if isinstance(d.marker, bytes):
-                stored = None
-                if d.marker in ps.heads:
-                    stored = (await self._version(ps.heads[d.marker].head_hash, ps.view)).header.posix.mtime_ns
+                v = await self._marker_version(ps, d)
+                stored = v.header.posix.mtime_ns if v is not None else None
                 # entries changed since the marker's version: even a change to what is stored
                 # (rsync sets a directory's mtime when it makes it, and again after filling it)
                 # needs a version, whose time then comes after theirs
@@ -208,8 +207,8 @@ class MetaOps(FileOps):
         out = xattrs.partition_xattrs(ps.view)
         if kind == "dir":
             d = (await self._tree(ps)).dir(key[2])
-            if d is not None and isinstance(d.marker, bytes) and d.marker in ps.heads:
-                v = await self._version(ps.heads[d.marker].head_hash, ps.view)
+            v = await self._marker_version(ps, d) if d is not None else None
+            if v is not None:
                 out.update(await self._version_xattrs(v, ps.view))
         return out
 

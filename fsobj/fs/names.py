@@ -16,6 +16,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from functools import partial
 
 import trio
@@ -216,17 +217,17 @@ class NameOps(MountState):
                     continue
                 paths = set(ps.unsaved_dirs)
                 ps.unsaved_dirs.clear()
-                times = {p: t for p in paths if (t := ps.entry_times.get(p)) is not None and tree.dir(p) is not None}
+                times = {p: t for p in paths if (t := ps.entry_times.get(p)) is not None}
                 mtimes: list[tuple[bytes, int]] = []
                 markers: list[tuple[str, Posix]] = []
                 for path, t in times.items():
-                    marker = tree.dir(path).marker  # type: ignore[union-attr]
+                    d = tree.dir(path)
+                    marker = d.marker if d is not None else None
                     e = ps.heads.get(marker) if isinstance(marker, bytes) else None
                     if e is not None and not e.tombstone and t > e.created_us * 1000:
                         mtimes.append((e.base_hash, t))
-                    elif marker is None and not path:
-                        p = self._default_dir_posix()
-                        markers.append((marker_key(path), Posix("dir", p.mode, p.uid, p.gid, t)))
+                    elif d is not None and marker is None and not path:
+                        markers.append((marker_key(path), replace(self._default_dir_posix(), mtime_ns=t)))
                 if not mtimes and not markers:
                     continue
                 hints = self._known_heads(ps, [b for b, _ in mtimes])

@@ -37,6 +37,7 @@ from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
 from fsobj.fs.openfile import Handle, OpenFile
 from fsobj.fs.stream import MAX_STREAMS
 from fsobj.fs.tree import (
+    Dir,
     HistoryTree,
     PartitionTree,
     Ref,
@@ -506,10 +507,9 @@ class MountState:
         if d is None:
             raise oserror(errno.ENOENT)
         nlink = 2 + len(d.subdirs) + (1 if not path else 0)  # the partition root also holds .versions
-        marker = d.marker
         changed = tree.entry_times.get(path, 0)
-        if isinstance(marker, bytes) and marker in ps.heads:
-            v = await self._version(ps.heads[marker].head_hash, ps.view)
+        v = await self._marker_version(ps, d)
+        if v is not None:
             p = v.header.posix
             mode = p.mode if ps.writable else p.mode & ~0o222
             made = v.header.created_us * 1000
@@ -524,6 +524,11 @@ class MountState:
             )
         mode = 0o755 if ps.writable else 0o555
         return self._dir_attr(ino, mode, nlink=nlink, mtime_ns=max(ps.view.record.created_us * 1000, changed))
+
+    async def _marker_version(self, ps: PartState, d: Dir) -> Version | None:
+        """The current version of directory ``d``'s marker (None: it has none)."""
+        e = ps.heads.get(d.marker) if isinstance(d.marker, bytes) else None
+        return await self._version(e.head_hash, ps.view) if e is not None else None
 
     async def _obj_attr(self, ino: int, ps: PartState, ref: Ref) -> Attr:
         of = self.files.get(ino)
