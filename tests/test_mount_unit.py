@@ -18,6 +18,7 @@ from fsobj.crypto import Identity
 from fsobj.errors import DeletedError, IntegrityError
 from fsobj.fs.filesystem import Filesystem, Options
 from fsobj.fs.inodes import ROOT_INODE, InodeTable
+from fsobj.fs.locks import QuickLock
 from fsobj.fs.names import RENAME_EXCHANGE
 from fsobj.fs.staging import Extents, Staging
 from fsobj.fs.tree import (
@@ -229,6 +230,84 @@ def test_inode_lifetime_follows_lookups_and_pins() -> None:
     assert t.get(("obj", b"p", b"x")) != ino  # numbers are never reused
     t.forget(ROOT_INODE, 10)
     assert t.key(ROOT_INODE) == ("root",)
+
+
+# ---------------------------------------------------------------- locks
+
+
+def test_a_free_quick_lock_is_taken_without_yielding_and_a_held_one_is_handed_over_in_order() -> None:
+    """``QuickLock`` (the namespace and open-file locks): a free lock is taken with no
+    schedule point (a task started before does not run in between, as it does with
+    ``trio.Lock``); a held one is handed to its waiters in the order they came, and
+    each holds it alone; a waiter can be cancelled; only the owner may release it."""
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.tasks: list[trio.lowlevel.Task] = []
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.tasks.append(task)
+
+    async def main() -> None:
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        me = trio.lowlevel.current_task()
+        for make, yields in ((trio.Lock, 1), (QuickLock, 0)):
+            lock = make()
+            steps.tasks.clear()
+            async with lock:
+                pass
+            assert steps.tasks.count(me) == yields, make  # a step of its own = it was descheduled
+        trio.lowlevel.remove_instrument(steps)
+
+        lock = QuickLock()
+        order: list[tuple[str, str]] = []
+        inside = 0
+
+        async def worker(name: str) -> None:
+            nonlocal inside
+            async with lock:
+                inside += 1
+                assert inside == 1
+                order.append((name, "in"))
+                await trio.sleep(0.01)
+                order.append((name, "out"))
+                inside -= 1
+
+        await lock.acquire()
+        async with trio.open_nursery() as n:
+            for name in "abc":
+                n.start_soon(worker, name)
+                await trio.testing.wait_all_tasks_blocked()
+            assert order == []
+            lock.release()
+            await trio.testing.wait_all_tasks_blocked()
+            assert lock.locked()  # handed to "a": a newcomer must wait behind b and c
+            n.start_soon(worker, "d")
+        assert [x for x, what in order if what == "in"] == ["a", "b", "c", "d"]
+        assert not lock.locked()
+
+        await lock.acquire()
+        with trio.move_on_after(0.05) as scope:
+            async with trio.open_nursery() as n:
+                n.start_soon(lock.acquire)
+        assert scope.cancelled_caught
+        lock.release()
+        async with lock:  # the cancelled waiter does not hold it
+            pass
+
+        async def release_it() -> None:
+            with pytest.raises(RuntimeError, match="don't own"):
+                lock.release()
+
+        await lock.acquire()
+        async with trio.open_nursery() as n:
+            n.start_soon(release_it)
+        assert lock.locked()
+        lock.release()
+        assert not lock.locked()
+
+    trio.run(main)
 
 
 # ---------------------------------------------------------------- the operations, without a mount

@@ -19,6 +19,7 @@ Concurrency (docs/mount.md, "Concurrency"):
   partition's namespace lock (``PartState.lock``) from the check to the apply.
 - An open file's ``lock`` covers its writes, truncates, staged reads and its
   commit. Lock order: namespace lock first, then open-file locks by inode.
+  Both are ``QuickLock``s (``fsobj.fs.locks``): taking a free one does not yield.
 """
 
 from __future__ import annotations

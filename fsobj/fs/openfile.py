@@ -28,9 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
-import trio
-
 from fsobj.fs.budget import ByteBudget
+from fsobj.fs.locks import QuickLock
 from fsobj.fs.reader import PayloadReader
 from fsobj.fs.staging import BASE, DIRTY, Staging
 from fsobj.fs.stream import PayloadStream
@@ -64,7 +63,7 @@ class OpenFile:
     dirty: bool = False
     unlinked: bool = False
     handles: set[int] = field(default_factory=set)
-    lock: trio.Lock = field(default_factory=trio.Lock)
+    lock: QuickLock = field(default_factory=QuickLock)
     stream: PayloadStream | None = None  # the payload being written while sequential writes arrive
     streamed: WrittenPayload | None = None  # the finished stream's payload, while a commit of it is pending
     _reader: PayloadReader | None = None

@@ -34,6 +34,7 @@ from fsobj.fs.budget import READ_BUDGET, STAGING_BUDGET, ByteBudget
 from fsobj.fs.committer import Committer, QueuedRemoval
 from fsobj.fs.helper import CommitHelper, HelperError, NotPortable
 from fsobj.fs.inodes import ROOT_INODE, InodeTable, NodeKey
+from fsobj.fs.locks import QuickLock
 from fsobj.fs.openfile import Handle, OpenFile
 from fsobj.fs.stream import MAX_STREAMS
 from fsobj.fs.tree import (
@@ -103,7 +104,7 @@ class PartState:
 
     view: PartitionView
     name: str
-    lock: trio.Lock = field(default_factory=trio.Lock)  # namespace lock
+    lock: QuickLock = field(default_factory=QuickLock)  # namespace lock
     build_lock: trio.Lock = field(default_factory=trio.Lock)
     history_lock: trio.Lock = field(default_factory=trio.Lock)  # apart: a long history build never holds up the tree
     warmed: bool = False  # its history was queued for the background build once (prepare_histories)
