@@ -83,6 +83,41 @@ def test_kill_9_then_remount_and_verify(world: World) -> None:  # noqa: F811
     assert world.fsobj("verify").returncode == 0
 
 
+def test_sync_of_the_mount_commits_open_files_and_survives_kill_9(world: World) -> None:  # noqa: F811
+    """``sync MOUNTPOINT`` (coreutils fsyncs the named directory) and ``fsobj sync`` commit
+    what files still open hold, as sync(1) writes out a local filesystem's dirty data;
+    fsync of another directory commits only closed files. After ``kill -9`` the synced
+    data of the open files is there; ``fsobj sync`` of a directory that is no fsobj
+    mount fails with exit code 2."""
+    m = world.mount()
+
+    def listed() -> set[str]:
+        return {e["sort_key"] for e in json.loads(world.fsobj("ls", "p", "--json").stdout)}
+
+    first = open_writer(m.part / "open1", "first")
+    sync_dir(m.part)  # a partition directory: closed files only
+    assert "open1" not in listed()
+    subprocess.run(["sync", str(m.path)], check=True)
+    assert "open1" in listed()
+    assert [v.name[:4] for v in sorted((m.part / ".versions" / "open1").iterdir())] == ["0001"]
+    assert close_writer(first) == "closed"
+    assert len(list((m.part / ".versions" / "open1").iterdir())) == 1  # closing added nothing new
+
+    second = open_writer(m.part / "open2", "second")
+    assert world.fsobj("sync", str(m.path)).returncode == 0
+    m.kill9()
+    second.kill()
+    second.wait()
+    m2 = world.mount("again")
+    assert (m2.part / "open1").read_text() == "first"
+    assert (m2.part / "open2").read_text() == "second"
+    assert world.fsobj("verify").returncode == 0
+
+    bad = world.fsobj("sync", str(m2.part), check=False)
+    assert bad.returncode == 2 and b"is not the root of an fsobj mount" in bad.stderr
+    m2.stop()
+
+
 def _helper_of(daemon_pid: int) -> int | None:
     """The pid of a daemon's commit helper process (fsobj.fs.helper), if it runs."""
     for entry in os.listdir("/proc"):

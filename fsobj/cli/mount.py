@@ -1,10 +1,11 @@
-"""CLI commands that mount a store as a filesystem and unmount it: mount, umount.
+"""CLI commands that mount a store as a filesystem, sync it and unmount it: mount, sync, umount.
 
 Thin: option parsing and messages; the daemon lives in ``fsobj.fs.daemon``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 
 from fsobj.cli.common import Context, pass_ctx
-from fsobj.errors import UsageError
+from fsobj.errors import FsobjError, NoSpaceError, UsageError
 from fsobj.fs import xattrs
 
 UMOUNT_TIMEOUT_S = 120.0
@@ -84,6 +85,32 @@ def umount(mountpoint: str, lazy: bool, timeout: float) -> None:
     raise UsageError(f"the daemon (pid {pid}) did not unmount {mp} within {timeout:.0f} s; see its log")
 
 
+@click.command("sync")
+@click.argument("mountpoints", nargs=-1, required=True, type=click.Path(file_okay=False))
+def sync(mountpoints: tuple[str, ...]) -> None:
+    """Make everything written through each MOUNTPOINT durable, and return when it is.
+
+    Files still open commit what has been written to them (a version each), closed
+    files waiting in the group commit commit, and directory times are written:
+    what plain sync(1) does for a local filesystem. The kernel passes sync(2) and
+    syncfs(2) to no FUSE daemon; `sync MOUNTPOINT` (fsync of the mount root) does
+    the same as this command."""
+    from fsobj.fs.daemon import is_mounted
+
+    for given in mountpoints:
+        mp = os.path.abspath(given)
+        if not is_mounted(mp) or _daemon_pid(mp) is None:
+            raise UsageError(f"{mp} is not the root of an fsobj mount")
+        fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the daemon's fsyncdir of its root: commit every open and waiting file
+        except OSError as e:
+            cls = NoSpaceError if e.errno == errno.ENOSPC else FsobjError
+            raise cls(f"sync of {mp} failed: {e.strerror}; see the daemon's log") from None
+        finally:
+            os.close(fd)
+
+
 def _daemon_pid(mountpoint: str) -> int | None:
     try:
         return int(os.getxattr(mountpoint, xattrs.NS + "daemon_pid"))
@@ -106,4 +133,4 @@ def _fusermount(mountpoint: str) -> None:
         raise UsageError(f"fusermount3 -u -z {mountpoint} failed: {result.stderr.strip()}")
 
 
-COMMANDS = [mount, umount]
+COMMANDS = [mount, sync, umount]

@@ -376,13 +376,22 @@ class FileOps(MountState):
         else:
             of.rebase(cur)
 
-    async def fsyncdir(self) -> None:
+    async def fsyncdir(self, fh: int | None = None) -> None:
         """Make every closed file durable: commit the group-commit queue now, and the
-        directory times it has not written yet."""
-        await self.committer.drain(force=True)
+        directory times it has not written yet. On the mount root (``fh``: a handle of
+        it) it is ``sync`` of the whole mount: every open file's written data commits
+        too (:meth:`flush_all`), as ``sync`` writes out the dirty data of open files on a
+        local filesystem; ``sync MOUNTPOINT`` and ``fsobj sync`` do this (the kernel
+        passes ``sync`` and ``syncfs`` to no FUSE daemon)."""
+        opened = self.dirs.get(fh) if fh is not None else None
+        if opened is not None and opened[0][0] == "root":
+            await self.flush_all()
+        else:
+            await self.committer.drain(force=True)
 
     async def flush_all(self) -> None:
-        """Commit every open file with staged changes (SIGTERM, unmount)."""
+        """Commit every open file with staged changes, and everything waiting in the group
+        commit (SIGTERM, unmount, ``fsync`` of the mount root)."""
         await self.committer.drain(force=True)
         for of in list(self.files.values()):
             if of.dirty:

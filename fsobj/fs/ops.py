@@ -295,7 +295,7 @@ class Operations(pyfuse3.Operations):
 
     @translated
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self.fs.fsyncdir()  # name changes are durable when they return; this drains the group commit
+        await self.fs.fsyncdir(fh)  # name changes are durable when they return; this drains the group commit
 
     # ------------------------------------------------------------ extended attributes
     @translated
