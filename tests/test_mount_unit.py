@@ -1591,15 +1591,18 @@ def test_a_partition_view_crosses_to_the_helper_as_its_id(fs_store: Store) -> No
 def test_the_group_commit_goes_when_idle_full_or_old_on_a_virtual_clock() -> None:
     """The committer's batching rules on trio's virtual clock (no real waiting):
     entries 5 ms apart join one batch, which goes 20-40 ms after the last; 1,000
-    entries at once go at once; a steady stream goes at the 1 s window."""
+    entries at once go at once; a steady stream goes at the 1 s window; and entries
+    that come while a batch commits go as soon as it is done, not a window later."""
     from trio.testing import MockClock
 
     from fsobj.fs.committer import Committer
 
     batches: list[tuple[float, int]] = []
+    commit_takes = 0.0
 
     async def remove_many(items: list[tuple[bytes, bytes, object]]) -> None:
         batches.append((trio.current_time(), len(items)))
+        await trio.sleep(commit_takes)
 
     async def commit_many(files: list[object]) -> None:
         raise AssertionError("no files were queued")
@@ -1627,9 +1630,25 @@ def test_the_group_commit_goes_when_idle_full_or_old_on_a_virtual_clock() -> Non
                 c.submit_removal(b"p", b"c%d" % i)
                 await trio.sleep(0.01)
             await trio.sleep(0.1)
+            stream = batches[2:]
+            assert sum(k for _, k in stream) == 300
+            assert [round(t - t2, 2) for t, _ in stream[:2]] == [1.0, 2.0], stream
+
+            nonlocal commit_takes
+            commit_takes = 0.05  # each batch now takes 50 ms to commit
+            del batches[:]
+            t3 = trio.current_time()
+            for i in range(200):  # one every 10 ms for 2 s
+                c.submit_removal(b"p", b"d%d" % i)
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)
             n.cancel_scope.cancel()
-        stream = batches[2:]
-        assert sum(k for _, k in stream) == 300
-        assert [round(t - t2, 2) for t, _ in stream[:2]] == [1.0, 2.0], stream
+        # the first gathers for the window; each later one holds what came while the one
+        # before committed, and goes when it is done
+        assert sum(k for _, k in batches) == 200
+        assert round(batches[0][0] - t3, 2) == 1.0 and 100 <= batches[0][1] <= 101, batches
+        later = batches[1:]
+        assert all(round(b[0] - a[0], 3) == 0.05 for a, b in zip(batches, later, strict=False)), batches
+        assert max(k for _, k in later) <= 6, batches
 
     trio.run(main, clock=MockClock(autojump_threshold=0))

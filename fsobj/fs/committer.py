@@ -5,11 +5,15 @@ tombstones of files unlinked through the mount, and when both are committed.
 A batch goes when nothing has joined it for ``idle`` seconds (looked at every
 ``idle`` seconds, so after ``idle`` to twice that), when it is ``window``
 seconds old, or when it holds ``max_files`` entries or ``max_bytes`` staged
-bytes; all its versions commit in one store transaction
+bytes; entries that join while a batch commits go as the next batch as soon as
+it is done (``drain`` loops until the queue is empty), so under a steady stream
+a batch is what came during the one before. All of a batch's versions commit in
+one store transaction
 (``Store.batch()``: one ``syncfs``, one SQLite commit), which is what makes
 many small files fast. Tombstones go before files, so a name freed and taken
 again commits in that order. ``fsync`` of a file commits it at once;
-``fsyncdir``, unmount and SIGTERM drain both queues.
+``fsyncdir``, unmount and SIGTERM drain both queues (the last two, and ``fsync``
+of the mount root, commit the files still open too).
 
 What this means for readers (docs/mount.md, "Durability"): a closed file is
 visible at once through this mount (its open-file state stays until it is
