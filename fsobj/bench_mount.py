@@ -4,7 +4,8 @@ Owns: the filesystem-level benchmark of issue 3. The same work runs, in one
 run and on the same disk, on a plain directory, a gocryptfs mount (if the
 ``gocryptfs`` binary is installed) and an fsobj mount, with ordinary tools
 (``cp``, ``cat``, ``ls -l``) and plain system calls; each figure is reported
-with its ratio to gocryptfs. Cold reads remount and drop the page cache (root).
+with its ratio to gocryptfs, and for the daemons the CPU they spent on the big
+file and on the small-file work. Cold reads remount and drop the page cache (root).
 
 The daemons it starts run the ``fsobj`` this process imported, whatever the
 working directory: ``python -m`` puts the working directory first on
@@ -60,15 +61,41 @@ class Target:
     def peak_rss_mib(self) -> float | None:
         return None
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds used so far by the processes that serve the mount (None: no daemon)."""
+        return None
+
 
 class Plain(Target):
     pass
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` and of its descendants alive now
+    (the fsobj daemon and its commit helper)."""
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (parent, clock ticks)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats and p not in tree:
+            tree.add(p)
+            todo += [c for c, (parent, _) in stats.items() if parent == p]
+    return sum(stats[p][1] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 class Gocryptfs(Target):
     def __init__(self, root: Path) -> None:
         super().__init__("gocryptfs", root)
         self.cipher = self.root / "cipher"
+        self.pid: int | None = None
 
     def mount(self) -> None:
         super().mount()
@@ -80,9 +107,27 @@ class Gocryptfs(Target):
         subprocess.run(
             ["gocryptfs", "-q", "-nosyslog", "-passfile", str(pw), str(self.cipher), str(self.mnt)], check=True
         )
+        self.pid = self._daemon_pid()
+
+    def _daemon_pid(self) -> int | None:
+        """The gocryptfs process serving this mount (it daemonizes: found by its arguments)."""
+        want = os.fsencode(self.mnt)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if args and os.path.basename(args[0]) == b"gocryptfs" and want in args:
+                    return int(entry)
+        return None
+
+    def cpu_s(self) -> float | None:
+        return _tree_cpu_s(self.pid) if self.pid is not None else None
 
     def unmount(self) -> None:
         subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
+        self.pid = None
 
 
 class Daemon(Target):
@@ -115,6 +160,9 @@ class Daemon(Target):
         except subprocess.TimeoutExpired:
             self._abandon()
         self.proc = None
+
+    def cpu_s(self) -> float | None:
+        return _tree_cpu_s(self.proc.pid) if self.proc is not None else None
 
     def _abandon(self) -> None:
         """Lazily unmount (if mounted) and kill the daemon."""
@@ -193,6 +241,14 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def _measured(t: Target, fn: Callable[[], object]) -> tuple[float, float | None]:
+    """Seconds ``fn`` took, and the CPU seconds ``t``'s daemon spent meanwhile (None: none)."""
+    before = t.cpu_s()
+    secs = _timed(fn)
+    after = t.cpu_s()
+    return secs, None if before is None or after is None else after - before
+
+
 def _sh(cmd: str) -> None:
     subprocess.run(["sh", "-c", cmd], check=True, stdout=subprocess.DEVNULL)
 
@@ -230,39 +286,50 @@ class MountBench:
         out: dict[str, dict[str, Any]] = {t.name: {} for t in targets}
         files = [t for t in targets if not isinstance(t, NullFs)]  # it holds files in memory
         for t in files:
-            out[t.name]["seq_write_MiB_s"] = self.write_big(t, src)
+            out[t.name].update(self.write_big(t, src))
         reads: dict[str, list[float]] = {t.name: [] for t in files}
+        read_cpu: dict[str, list[float]] = {t.name: [] for t in files}
         for _ in range(COLD_READS):
             for t in files:
-                reads[t.name].append(self.read_cold(t))
+                rate, cpu = self.read_cold(t)
+                reads[t.name].append(rate)
+                if cpu is not None:
+                    read_cpu[t.name].append(cpu)
         for t in files:
             out[t.name]["seq_read_cold_MiB_s"] = round(statistics.median(reads[t.name]), 1)
+            if read_cpu[t.name]:
+                out[t.name]["seq_read_cold_cpu_s_per_GiB"] = round(statistics.median(read_cpu[t.name]), 2)
         for t in targets:
             out[t.name].update(self.rest(t, extras, out[t.name].get("seq_write_MiB_s")))
         return out, reads
 
-    def write_big(self, t: Target, src: Path) -> float:
-        """MiB/s of ``cp`` of the big file onto ``t`` and ``sync`` of it."""
+    def write_big(self, t: Target, src: Path) -> dict[str, float]:
+        """MiB/s of ``cp`` of the big file onto ``t`` and ``sync`` of it, and the CPU its
+        daemon spent per GiB."""
         self.say(f"{t.name}: sequential write of {self.size_mib} MiB")
         t.mount()
         try:
             t.work.mkdir(exist_ok=True)
             _drop_caches()
-            return round(
-                self.size_mib / _timed(lambda: _sh(f"cp '{src}' '{t.work / BIG}' && sync '{t.work / BIG}'")), 1
-            )
+            secs, cpu = _measured(t, lambda: _sh(f"cp '{src}' '{t.work / BIG}' && sync '{t.work / BIG}'"))
         finally:
             t.unmount()
+        out = {"seq_write_MiB_s": round(self.size_mib / secs, 1)}
+        if cpu is not None:
+            out["seq_write_cpu_s_per_GiB"] = round(cpu * 1024 / self.size_mib, 2)
+        return out
 
-    def read_cold(self, t: Target) -> float:
-        """MiB/s of ``cat`` of the big file on a fresh mount, with the page cache dropped."""
+    def read_cold(self, t: Target) -> tuple[float, float | None]:
+        """MiB/s of ``cat`` of the big file on a fresh mount, with the page cache dropped,
+        and the CPU seconds its daemon spent per GiB (None: no daemon)."""
         self.say(f"{t.name}: cold read of {self.size_mib} MiB")
         _drop_caches()
         t.mount()
         try:
-            return round(self.size_mib / _timed(lambda: _sh(f"cat '{t.work / BIG}' > /dev/null")), 1)
+            secs, cpu = _measured(t, lambda: _sh(f"cat '{t.work / BIG}' > /dev/null"))
         finally:
             t.unmount()
+        return round(self.size_mib / secs, 1), None if cpu is None else cpu * 1024 / self.size_mib
 
     def rest(self, t: Target, extras: bool, write_MiB_s: float | None) -> dict[str, Any]:
         """The 4 KiB edit of the big file (then removed; ``write_MiB_s``: how fast it was
@@ -275,7 +342,7 @@ class MountBench:
                 out.update(self.edit(t, dst, self.size_mib / write_MiB_s))
                 os.unlink(dst)
             self.say(f"{t.name}: small files")
-            out.update(self.small(t.work))
+            out.update(self.small(t))
             if not isinstance(t, NullFs) and shutil.which("rsync"):
                 out.update(self.rsync(t.work))
             if extras and isinstance(t, Fsobj) and self.versions:
@@ -307,7 +374,12 @@ class MountBench:
             out["edit_4k_store_grew_KiB"] = round((_tree_bytes(t.store) - grown) / 1024)
         return out
 
-    def small(self, work: Path) -> dict[str, Any]:
+    def small(self, t: Target) -> dict[str, Any]:
+        """Creating, listing, stat-ing, reading and removing 4 KiB files: rates, and for
+        creating, ``ls -l`` and ``rm -r`` the CPU the daemon spent per file or entry
+        (round trips cost a FUSE daemon CPU whatever the disk does, so these move less
+        from run to run than the rates)."""
+        work = t.work
         d = work / "small"
         d.mkdir()
         # every file has its own bytes: shared content would let fsobj store one chunk for
@@ -321,11 +393,11 @@ class MountBench:
 
         # each phase ends with fsync of the directory, so work a filesystem defers (fsobj's
         # group commit, for one) is counted where it was caused, not in the next phase
-        t_create = _timed(lambda: (create(self.small_files), fsync_dir(d)))
+        t_create, cpu_create = _measured(t, lambda: (create(self.small_files), fsync_dir(d)))
         if self.dir_entries > self.small_files:
             create(self.dir_entries - self.small_files, self.small_files)
             fsync_dir(d)
-        t_ls = _timed(lambda: _sh(f"ls -l '{d}'"))
+        t_ls, cpu_ls = _measured(t, lambda: _sh(f"ls -l '{d}'"))
         names = sorted(os.listdir(d))
         assert len(names) == self.dir_entries
         t_stat = _timed(lambda: [os.stat(d / n) for n in names])
@@ -336,15 +408,20 @@ class MountBench:
                     f.read()
 
         t_read = _timed(read_all)
-        t_rm = _timed(lambda: (_sh(f"rm -r '{d}'"), fsync_dir(work)))
+        t_rm, cpu_rm = _measured(t, lambda: (_sh(f"rm -r '{d}'"), fsync_dir(work)))
         n = self.dir_entries
-        return {
+        out: dict[str, Any] = {
             "create_4k_files_per_s": round(self.small_files / t_create),
             "ls_l_entries_per_s": round(n / t_ls),
             "stat_per_s": round(n / t_stat),
             "read_4k_files_per_s": round(n / t_read),
             "rm_r_entries_per_s": round(n / t_rm),
         }
+        if cpu_create is not None and cpu_ls is not None and cpu_rm is not None:
+            out["create_4k_cpu_us_per_file"] = round(cpu_create / self.small_files * 1e6)
+            out["ls_l_cpu_us_per_entry"] = round(cpu_ls / n * 1e6)
+            out["rm_r_cpu_us_per_entry"] = round(cpu_rm / n * 1e6)
+        return out
 
     def rsync(self, work: Path) -> dict[str, Any]:
         """``rsync -a`` of a tree of ``small_files`` 4 KiB files (modes and mtimes of their
