@@ -188,18 +188,25 @@ class Index(FeedQueries):
         try:
             yield
             if bump:
-                gen = conn.execute(
-                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation' RETURNING value"
-                ).fetchone()[0]
+                gen = int(
+                    conn.execute(
+                        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation' RETURNING value"
+                    ).fetchone()[0]
+                )
+                # ours before COMMIT makes it visible: counted after it, a thread that read the
+                # counter in between (the mount's refresh) took it for another process's and
+                # reloaded every partition, dropping the .versions trees with them
+                with self._own_lock:
+                    if len(self._own) > OWN_GENERATIONS_MAX:
+                        self._own.clear()  # nobody asks: forget (the worst outcome is one needless reload)
+                    self._own.add(gen)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            if gen is not None:
+                with self._own_lock:
+                    self._own.discard(gen)  # rolled back: another writer may take that number
             raise
-        if gen is not None:
-            with self._own_lock:
-                if len(self._own) > OWN_GENERATIONS_MAX:
-                    self._own.clear()  # nobody asks: forget (the worst outcome is one needless reload)
-                self._own.add(int(gen))
 
     def take_own(self) -> set[int]:
         """The generations our own transactions produced since the last call (and forget them)."""
