@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from pagecache import evict, resident
 
 import fsobj.blobs.local as local_blobs
+import fsobj.store as store_mod
 from fsobj import crypto
 from fsobj.errors import (
     AccessDeniedError,
@@ -331,6 +332,39 @@ def test_purge_deleted_object(store_dir: Path, store: Store) -> None:
     assert store.purge(pid, "a")[0] == 2
     assert stored(store_dir) == before
     assert store.list(pid, include_deleted=True) == []
+
+
+def test_removing_a_partition_purges_its_series_in_batches_and_a_chunk_lives_while_referenced(
+    store_dir: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``remove_partition`` purges every series in batches of ``PURGE_BATCH`` (two
+    transactions and one sync each): a chunk that a series of a later batch shares
+    stays until that batch, and in the end nothing of the partition is left."""
+    monkeypatch.setattr(store_mod, "PURGE_BATCH", 2)
+    other = fresh_partition(store)
+    kept = store.put(other, "kept", rand_bytes(3 * MiB, 40))
+    before = stored(store_dir)
+    pid = fresh_partition(store)
+    shared = rand_bytes(3 * MiB, 41)
+    firsts = [store.put(pid, "s0", shared)]
+    firsts += [store.put(pid, f"s{i}", rand_bytes(2 * MiB, 41 + i)) for i in range(1, 4)]
+    firsts.append(store.put(pid, "s4", shared))  # same chunks as s0, in the last batch
+    for i in range(5):
+        store.delete(pid, f"s{i}")
+    shared_ids = set(chunk_ids(store, firsts[0]))
+    assert shared_ids and shared_ids == set(chunk_ids(store, firsts[4]))
+    every_chunk = {c for v in firsts for c in chunk_ids(store, v)}
+
+    removed, freed = store.purge_series(firsts[0].base_hash, firsts[1].base_hash)  # one batch
+    assert removed == 4 and freed == len(chunk_ids(store, firsts[1]))
+    assert shared_ids <= stored(store_dir)  # s4 still references them
+    assert store.read_bytes(store.get_hash(firsts[4].hash, exact=True)) == shared
+
+    assert store.remove_partition(pid) == 6  # s2, s3, s4: a version and a tombstone each
+    assert stored(store_dir) == before  # no header, tombstone, chunk or record blob left
+    assert not every_chunk & stored(store_dir)
+    assert store.index.versions_in(pid) == [] and store.index.heads_in(pid) == []
+    assert store.read_bytes(store.get(other, "kept")) == store.read_bytes(kept)
 
 
 # ---------------------------------------------------------------- ordering

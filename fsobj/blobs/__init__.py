@@ -63,6 +63,10 @@ class BlobStore(Protocol):
         """Remove a blob; absent blobs are ignored."""
         ...
 
+    def delete_many(self, blob_ids: Sequence[bytes]) -> None:
+        """:meth:`delete` of each, in as few writes as the backend can (a purge)."""
+        ...
+
     def list(self) -> Iterator[bytes]:
         """Every blob id, in no particular order."""
         ...

@@ -189,6 +189,22 @@ class SmallBlobs:
         self.deleted = self.deleted or gone
         return gone
 
+    def delete_many(self, blob_ids: Sequence[bytes]) -> None:
+        """Delete these rows (absent ones are ignored) in one transaction."""
+        with self._connection(create=False) as db:
+            if db is None:
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                db.executemany("DELETE FROM blob WHERE id = ?", [(b,) for b in blob_ids])
+                gone = db.total_changes > before
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self.deleted = self.deleted or gone
+
     def ids(self) -> list[bytes]:
         return [r[0] for r in self._run("SELECT id FROM blob", ())[0]]
 
@@ -432,6 +448,18 @@ class LocalBlobStore:
             return
         with self._lock:
             self._dirty.add(blob_id.hex()[:2])
+
+    def delete_many(self, blob_ids: Sequence[bytes]) -> None:
+        self.small.delete_many(blob_ids)
+        dirty = set()
+        for blob_id in blob_ids:
+            try:
+                os.unlink(self._file(blob_id))
+            except FileNotFoundError:
+                continue
+            dirty.add(blob_id.hex()[:2])
+        with self._lock:
+            self._dirty |= dirty
 
     def list(self) -> Iterator[bytes]:
         rows = set(self.small.ids())

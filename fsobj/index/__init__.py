@@ -97,6 +97,12 @@ def _head(r: tuple) -> HeadRow:
     return HeadRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8])
 
 
+def _batches(items: list[bytes], n: int = 500) -> Iterator[list[bytes]]:
+    """``items`` in lists of at most ``n`` (the ``IN (...)`` lists of one statement)."""
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
 def _statements(script: str) -> Iterator[str]:
     """Split an SQL script into statements (comments may contain ';')."""
     buf = ""
@@ -283,8 +289,7 @@ class Index(FeedQueries):
     def heads_of(self, base_hashes: list[bytes]) -> dict[bytes, HeadRow]:
         """The head rows of these series (absent ones are left out), 500 per query."""
         out: dict[bytes, HeadRow] = {}
-        for i in range(0, len(base_hashes), 500):
-            part = base_hashes[i : i + 500]
+        for part in _batches(base_hashes):
             marks = ",".join("?" * len(part))
             for r in self.q(f"SELECT {_HEAD_COLS} FROM heads WHERE base_hash IN ({marks})", part):
                 head = _head(r)
@@ -358,17 +363,33 @@ class Index(FeedQueries):
     def is_referenced(self, blob_id: bytes) -> bool:
         return bool(self.q("SELECT 1 FROM refs WHERE blob_id = ? LIMIT 1", [blob_id]))
 
-    def delete_series(self, base_hash: bytes) -> tuple[list[bytes], list[bytes]]:
-        """Remove a series; returns (its version hashes, payload blobs no longer referenced)."""
-        hashes = [r[0] for r in self.q("SELECT hash FROM versions WHERE base_hash = ?", [base_hash])]
+    def referenced(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Those of these blobs that some version still references, 500 per query."""
+        out: set[bytes] = set()
+        for part in _batches(list(blob_ids)):
+            marks = ",".join("?" * len(part))
+            out.update(r[0] for r in self.q(f"SELECT DISTINCT blob_id FROM refs WHERE blob_id IN ({marks})", part))
+        return out
+
+    def delete_series(self, base_hashes: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """Remove these series; returns (their version hashes, payload blobs no longer
+        referenced). One statement per table for 500 series or versions at a time: a
+        removed partition's thousands of series go in a few statements."""
+        hashes: list[bytes] = []
         candidates: set[bytes] = set()
-        for h in hashes:
-            candidates.update(self.refs_of(h))
-            self.db.execute("DELETE FROM refs WHERE version_hash = ?", (h,))
-        self.db.execute("DELETE FROM versions WHERE base_hash = ?", (base_hash,))
-        self.db.execute("DELETE FROM heads WHERE base_hash = ?", (base_hash,))
-        freed = [b for b in candidates if not self.is_referenced(b)]
-        return hashes, freed
+        for part in _batches(base_hashes):
+            marks = ",".join("?" * len(part))
+            found = [r[0] for r in self.q(f"SELECT hash FROM versions WHERE base_hash IN ({marks})", part)]
+            for vpart in _batches(found):
+                vmarks = ",".join("?" * len(vpart))
+                refs = self.q(f"SELECT blob_id FROM refs WHERE version_hash IN ({vmarks})", vpart)
+                candidates.update(r[0] for r in refs)
+                self.db.execute(f"DELETE FROM refs WHERE version_hash IN ({vmarks})", tuple(vpart))
+            self.db.execute(f"DELETE FROM versions WHERE base_hash IN ({marks})", tuple(part))
+            self.db.execute(f"DELETE FROM heads WHERE base_hash IN ({marks})", tuple(part))
+            hashes += found
+        still = self.referenced(candidates)
+        return hashes, [b for b in candidates if b not in still]
 
     def delete_partition_rows(self, partition_id: bytes) -> None:
         """Forget every row of a partition (before rebuilding it from blobs)."""
