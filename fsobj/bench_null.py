@@ -6,7 +6,8 @@ Owns nothing of the store. ``fsobj bench --mount`` runs it as one more target
 (``python -m fsobj.bench_null MOUNTPOINT``) with the small-file work, so every
 run shows the rates that no pyfuse3 daemon can exceed on that machine, next to
 fsobj's and gocryptfs's. It mounts with the daemon's options
-(``default_permissions``) and cache timeouts, answers every request from
+(``default_permissions``), cache timeouts and request loop (``fsobj.fs.loop``),
+answers every request from
 Python dicts, and exits when unmounted or sent SIGTERM/SIGINT. Not for data:
 everything is lost at unmount.
 """
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
+
+from fsobj.fs import loop
 
 TIMEOUT = 30.0  # the daemon's attr_timeout
 
@@ -210,6 +213,7 @@ async def _serve() -> None:
                     return
 
         nursery.start_soon(stop_on_signal)
+        loop.install()  # the daemon's request loop, so that this stays its ceiling
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

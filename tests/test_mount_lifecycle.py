@@ -176,6 +176,52 @@ def test_a_dead_commit_helper_leaves_the_daemon_committing_by_itself(world: Worl
     assert world.fsobj("get", "p", "g29").stdout == b"after 29"
 
 
+def test_a_request_that_waits_leaves_every_other_request_answered(world: World) -> None:  # noqa: F811
+    """The daemon reads requests with one task until a handler has to wait; then another
+    task reads on (fsobj/fs/loop.py). Here ``fsync`` of a directory waits for the group
+    commit, held up by a stopped commit helper; meanwhile ``ls -l``, ``cat``, ``stat``,
+    ``getfattr`` and a new file are answered; the fsync returns once the helper goes on."""
+    m = world.mount()
+    helper = _helper_of(m.proc.pid)
+    assert helper is not None
+    (m.part / "o").mkdir()
+    (m.part / "q").mkdir()
+    (m.part / "o" / "other.txt").write_text("other")
+    sync_dir(m.part)
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        (m.part / "q" / "queued.txt").write_text("queued")  # closed: it waits in the group commit
+        syncer = subprocess.Popen(
+            [sys.executable, "-c", "import os, sys; os.fsync(os.open(sys.argv[1], os.O_RDONLY))", str(m.part / "q")]
+        )
+        time.sleep(0.5)
+        assert syncer.poll() is None  # waiting for the stopped helper
+        ls = subprocess.run(["ls", "-l", str(m.part / "o")], capture_output=True, text=True, timeout=20)
+        assert ls.returncode == 0 and "other.txt" in ls.stdout
+        cat = subprocess.run(["cat", str(m.part / "o" / "other.txt")], capture_output=True, timeout=20)
+        assert cat.stdout == b"other"
+        st = subprocess.run(
+            ["stat", "-c", "%s", str(m.part / "o" / "other.txt")], capture_output=True, text=True, timeout=20
+        )
+        assert st.stdout.strip() == "5"
+        ga = subprocess.run(
+            ["getfattr", "-n", "system.fsobj.sort_key", str(m.part / "o" / "other.txt")],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert 'system.fsobj.sort_key="o/other.txt"' in ga.stdout, ga.stderr
+        subprocess.run(["cp", str(m.part / "o" / "other.txt"), str(m.part / "o" / "copy.txt")], check=True, timeout=20)
+        assert syncer.poll() is None  # all of that while the fsync still waited
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    assert syncer.wait(timeout=60) == 0
+    sync_dir(m.part)
+    names = {e["sort_key"] for e in json.loads(world.fsobj("ls", "p", "--json").stdout)}
+    assert {"o/other.txt", "q/queued.txt", "o/copy.txt"} <= names
+    assert m.stop() == 0
+
+
 def test_sigterm_commits_open_files_then_unmounts(world: World) -> None:  # noqa: F811
     m = world.mount()
     writer = open_writer(m.part / "pending.txt", "pending data")

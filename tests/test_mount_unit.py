@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fsobj.crypto import Identity
 from fsobj.errors import DeletedError, IntegrityError
+from fsobj.fs import loop as fsloop
 from fsobj.fs.filesystem import Filesystem, Options
 from fsobj.fs.inodes import ROOT_INODE, InodeTable
 from fsobj.fs.locks import QuickLock
@@ -233,6 +234,146 @@ def test_inode_lifetime_follows_lookups_and_pins() -> None:
 
 
 # ---------------------------------------------------------------- locks
+
+
+class _Session:
+    """A model of pyfuse3's request loop (its ``_session_loop`` and ``_wait_fuse_readable``,
+    with ``main``'s defaults min_tasks=1, max_tasks=99), with a memory channel for
+    ``/dev/fuse``: under the read lock a reader waits for a request; it starts a new
+    reader when none is left waiting, then runs the handler through ``watched`` as
+    fsobj's handlers do. ``terminate`` is ``pyfuse3.terminate`` (exit flag, then the fd
+    is closed under the waiting reader); ``unmount`` is ``fusermount3 -u`` (exit flag,
+    then the read returns nothing)."""
+
+    def __init__(self, lock: fsloop.ReaderLock) -> None:
+        self.lock = lock
+        self.send, self.recv = trio.open_memory_channel[object](1000)
+        self.exited = False
+        self.waiting = 0  # pyfuse3's active_readers
+        self.tasks = 0
+        self.started = 0
+        self.answered: dict[object, str] = {}
+
+    async def handle(self, req: object) -> str:
+        if isinstance(req, trio.Event):
+            await req.wait()  # a handler that waits (a thread, the helper, a lock)
+        return trio.lowlevel.current_task().name
+
+    async def reader(self, nursery: trio.Nursery) -> None:
+        self.tasks += 1
+        try:
+            while not self.exited:
+                if self.waiting > 1:
+                    return  # too many idle readers
+                self.waiting += 1
+                try:
+                    async with self.lock:
+                        if self.exited:
+                            return
+                        req = await self.recv.receive()
+                except trio.EndOfChannel:
+                    return
+                finally:
+                    self.waiting -= 1
+                if req is None:
+                    return
+                if not self.waiting:
+                    self.started += 1
+                    nursery.start_soon(self.reader, nursery, name=f"reader-{self.started}")
+                self.answered[req] = await fsloop.watched(self.handle(req))
+        finally:
+            self.tasks -= 1
+
+
+@pytest.mark.parametrize("end", ["terminate", "unmount"])
+def test_one_reader_answers_requests_until_a_handler_waits_then_a_spare_reads_on(end: str) -> None:
+    """``ReaderLock`` in pyfuse3's request loop (``fsobj/fs/loop.py``): requests whose
+    handlers do not wait are all read and answered by one task; a handler that waits
+    hands ``/dev/fuse`` to a spare, so the requests behind it are answered while it
+    waits; when the session ends every reader task ends (no spare is left parked)."""
+
+    async def main() -> None:
+        lock = fsloop.install()  # watched() tells the installed lock
+        s = _Session(lock)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                n.start_soon(s.reader, n, name="reader-0")
+                quick = [f"q{i}" for i in range(50)]
+                for q in quick:
+                    await s.send.send(q)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert len({s.answered[q] for q in quick[1:]}) == 1  # one reader did them all
+                assert lock.spares == 1 and lock.handovers == 0 and s.tasks == 2
+
+                slow = trio.Event()
+                await s.send.send(slow)
+                behind = [f"b{i}" for i in range(20)]
+                for b in behind:
+                    await s.send.send(b)
+                await trio.testing.wait_all_tasks_blocked()
+                assert slow not in s.answered and all(b in s.answered for b in behind)
+                assert lock.handovers == 1
+                assert s.answered["b0"] != s.answered[quick[-1]]  # the spare read on
+                slow.set()
+                await trio.testing.wait_all_tasks_blocked()
+                assert s.answered[slow] == s.answered[quick[-1]]
+                assert lock.spares == 1  # the waiting handler's task is the spare now
+
+                s.exited = True
+                if end == "terminate":
+                    s.send.close()  # the reader's wait ends in an error: spares wake at once
+                else:
+                    await s.send.send(None)  # the reader sees the end; a spare finds out by its nap
+            assert s.tasks == 0 and not lock.locked()
+
+    try:
+        trio.run(main)
+    finally:
+        fsloop.uninstall()
+
+
+def test_watched_passes_results_errors_and_cancellation_through() -> None:
+    """``watched`` runs a handler's coroutine unchanged: its result, its exception, a
+    value trio sends in and a cancellation all pass through; only a handler that yields
+    wakes a spare reader."""
+
+    async def main() -> None:
+        lock = fsloop.install()
+        try:
+
+            async def quick() -> int:
+                return 7
+
+            async def waits_then_fails() -> None:
+                await trio.sleep(0)
+                raise ValueError("boom")
+
+            async def sleeps() -> None:
+                await trio.sleep(10)
+
+            async def spare() -> None:
+                async with lock:
+                    pass
+
+            await lock.__aenter__()  # a reader watches /dev/fuse
+            async with trio.open_nursery() as n:
+                n.start_soon(spare)
+                await trio.testing.wait_all_tasks_blocked()
+                assert lock.spares == 1
+                await lock.__aexit__(None, None, None)  # it reads a request: the lock is free
+                assert await fsloop.watched(quick()) == 7
+                assert lock.handovers == 0 and lock.spares == 1  # it did not wait: no hand-over
+                with pytest.raises(ValueError, match="boom"):
+                    await fsloop.watched(waits_then_fails())
+                assert lock.handovers == 1  # the spare took the lock and left it
+            assert lock.spares == 0 and not lock.locked()
+            with trio.move_on_after(0.01) as scope:
+                await fsloop.watched(sleeps())
+            assert scope.cancelled_caught
+        finally:
+            fsloop.uninstall()
+
+    trio.run(main)
 
 
 def test_a_free_quick_lock_is_taken_without_yielding_and_a_held_one_is_handed_over_in_order() -> None:

@@ -27,6 +27,7 @@ import trio
 
 from fsobj import crypto
 from fsobj.errors import UsageError
+from fsobj.fs import loop
 from fsobj.fs.filesystem import Filesystem, Options
 from fsobj.fs.helper import tune_gc
 from fsobj.fs.ops import Operations, notify_kernel
@@ -309,6 +310,7 @@ async def _main(fs: Filesystem, ready: Callable[[], None] | None, config: MountC
         nursery.start_soon(_on_signals, fs)
         if ready is not None:
             ready()
+        loop.install()
         await pyfuse3.main()
         await fs.shutdown()  # the committer still runs: a batch in flight finishes first
         nursery.cancel_scope.cancel()

@@ -11,7 +11,9 @@ pyfuse3: ``fsobj.fs.ops`` translates requests and results. Operations raise
 Concurrency (docs/mount.md, "Concurrency"):
 
 - Everything in this object belongs to the trio thread. pyfuse3 runs many
-  request tasks at once; they interleave only at ``await``.
+  request tasks at once; they interleave only at ``await``. One of them reads
+  ``/dev/fuse`` until a handler yields to wait; then another reads on
+  (``fsobj.fs.loop``).
 - Store work goes to worker threads, one logical operation per thread call
   (:meth:`Filesystem._work`), all under one ``CapacityLimiter``. Reading the
   index generation counter (one indexed row) is done inline.

@@ -21,6 +21,7 @@ import pyfuse3
 from fsobj.errors import FsobjError, errno_for
 from fsobj.fs import xattrs
 from fsobj.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr, Filesystem
+from fsobj.fs.loop import watched
 
 log = logging.getLogger("fsobj.fs")
 
@@ -47,7 +48,7 @@ def translated(fn: F) -> F:
             hook, self.on_first_request = self.on_first_request, None
             hook()
         try:
-            return await fn(self, *args)
+            return await watched(fn(self, *args))  # a handler that waits lets another task read
         except pyfuse3.FUSEError:
             raise
         except (OSError, FsobjError) as e:
