@@ -6,6 +6,10 @@ run and on the same disk, on a plain directory, a gocryptfs mount (if the
 (``cp``, ``cat``, ``ls -l``) and plain system calls; each figure is reported
 with its ratio to gocryptfs, and for the daemons the CPU they spent on the big
 file and on the small-file work. Cold reads remount and drop the page cache (root).
+Two more targets measure what the binding allows, each on the work it can do:
+``null`` (``fsobj.bench_null``, files in memory) on the small files, ``ceiling``
+(``fsobj.bench_ceiling``, the least a cold read of fsobj's format takes) on the
+cold reads; their ratios to gocryptfs share the last column of the table.
 
 The daemons it starts run the ``fsobj`` this process imported, whatever the
 working directory: ``python -m`` puts the working directory first on
@@ -221,6 +225,32 @@ class NullFs(Daemon):
         self._stop(["fusermount3", "-u", str(self.mnt)])
 
 
+class Ceiling(Daemon):
+    """``fsobj.bench_ceiling``: the least work of a cold read of fsobj's format; cold reads only.
+    Its blobs are sealed from the round's big file, untimed, in place of the write."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__("ceiling", root)
+        self.blobs = self.root / "blobs"
+
+    def seal(self, src: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.blobs, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "fsobj.bench_ceiling", "make", str(src), str(self.blobs)],
+            env=self.env,
+            cwd=self.root,
+            check=True,
+        )
+
+    def mount(self) -> None:
+        super().mount()
+        self._start([sys.executable, "-m", "fsobj.bench_ceiling", "mount", str(self.blobs), str(self.mnt)])
+
+    def unmount(self) -> None:
+        self._stop(["fusermount3", "-u", str(self.mnt)])
+
+
 def _vm_hwm_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -286,7 +316,11 @@ class MountBench:
         out: dict[str, dict[str, Any]] = {t.name: {} for t in targets}
         files = [t for t in targets if not isinstance(t, NullFs)]  # it holds files in memory
         for t in files:
-            out[t.name].update(self.write_big(t, src))
+            if isinstance(t, Ceiling):
+                self.say(f"{t.name}: sealing {self.size_mib} MiB (untimed)")
+                t.seal(src)
+            else:
+                out[t.name].update(self.write_big(t, src))
         reads: dict[str, list[float]] = {t.name: [] for t in files}
         read_cpu: dict[str, list[float]] = {t.name: [] for t in files}
         for _ in range(COLD_READS):
@@ -300,7 +334,8 @@ class MountBench:
             if read_cpu[t.name]:
                 out[t.name]["seq_read_cold_cpu_s_per_GiB"] = round(statistics.median(read_cpu[t.name]), 2)
         for t in targets:
-            out[t.name].update(self.rest(t, extras, out[t.name].get("seq_write_MiB_s")))
+            if not isinstance(t, Ceiling):  # it serves the one big file, read-only
+                out[t.name].update(self.rest(t, extras, out[t.name].get("seq_write_MiB_s")))
         return out, reads
 
     def write_big(self, t: Target, src: Path) -> dict[str, float]:
@@ -497,7 +532,7 @@ def run(
     targets: list[Target] = [Plain("plain", base / "plain")]
     if shutil.which("gocryptfs"):
         targets.append(Gocryptfs(base / "gocryptfs"))
-    targets += [NullFs(base / "null"), Fsobj(base / "fsobj")]
+    targets += [NullFs(base / "null"), Ceiling(base / "ceiling"), Fsobj(base / "fsobj")]
     per_round: list[dict[str, dict[str, Any]]] = []
     cold_reads: list[dict[str, list[float]]] = []
     try:
@@ -525,7 +560,8 @@ def run(
     return {
         "mount": results,
         "ratios": ratios,
-        "binding_ratios": _ratios(per_round, "null"),
+        # what the binding allows: null's small-file figures, the ceiling's cold read
+        "binding_ratios": {**_ratios(per_round, "null"), **_ratios(per_round, "ceiling")},
         "rounds": per_round,
         "cold_reads": cold_reads,
         "mount_targets": _check(results, ratios),
@@ -602,7 +638,7 @@ def table(result: dict[str, Any]) -> str:
     rounds = len(result.get("rounds", [])) or 1
     lines = [
         f"medians of {rounds} round(s); ratio: median of the per-round ratios (min-max)",
-        f"{'figure':<{width}}" + "".join(f"{n:>14}" for n in names) + "   fsobj/gocryptfs   null/gocryptfs",
+        f"{'figure':<{width}}" + "".join(f"{n:>14}" for n in names) + "   fsobj/gocryptfs   null or ceiling/gocryptfs",
     ]
     for k in keys:
         vals = [results[n].get(k) for n in names]

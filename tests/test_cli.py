@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import blobfiles
@@ -328,6 +329,55 @@ def test_a_bench_daemon_that_does_not_come_up_is_killed_and_unmounted(tmp_path: 
     assert not os.path.ismount(target.mnt)
 
 
+def test_the_cold_read_ceiling_serves_sealed_chunks_exactly_and_refuses_a_tampered_one(tmp_path: Path) -> None:
+    from fsobj import bench_ceiling
+
+    src = tmp_path / "src.bin"
+    size = 20 * bench_ceiling.CHUNK + 12345  # more chunks than arena slots, and a short last one
+    src.write_bytes(os.urandom(size))
+    blobs, mnt = tmp_path / "blobs", tmp_path / "mnt"
+    mnt.mkdir()
+    made = subprocess.run([sys.executable, "-m", "fsobj.bench_ceiling", "make", str(src), str(blobs)], timeout=60)
+    assert made.returncode == 0
+    assert len(list((blobs / "chunks").iterdir())) == 21
+
+    def mounted(check: Callable[[Path], None]) -> None:
+        daemon = subprocess.Popen([sys.executable, "-m", "fsobj.bench_ceiling", "mount", str(blobs), str(mnt)])
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mnt):
+                assert daemon.poll() is None and time.monotonic() < deadline, "the ceiling did not mount"
+                time.sleep(0.05)
+            check(mnt / "big.bin")
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+    def reads_back(big: Path) -> None:
+        tail = subprocess.run(["tail", "-c", "3000000", str(big)], capture_output=True, timeout=60)
+        assert tail.returncode == 0 and tail.stdout == src.read_bytes()[-3_000_000:]  # the end first: out of order
+        whole = subprocess.run(["cat", str(big)], capture_output=True, timeout=60)
+        assert whole.returncode == 0 and whole.stdout == src.read_bytes()  # across the arena's end too
+
+    mounted(reads_back)
+    chunk = blobs / "chunks" / "00000002"
+    data = bytearray(chunk.read_bytes())
+    data[5000] ^= 1
+    chunk.write_bytes(bytes(data))
+
+    def refuses(big: Path) -> None:
+        got = subprocess.run(["cat", str(big)], capture_output=True, timeout=60)
+        assert got.returncode == 1 and b"Input/output error" in got.stderr
+        assert len(got.stdout) <= 2 * bench_ceiling.CHUNK and src.read_bytes().startswith(got.stdout)
+
+    mounted(refuses)
+    assert not os.path.ismount(mnt)
+
+
 def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) -> None:
     # 12 MiB: a file of up to 4 MiB can be a single chunk (the largest, under the store's
     # random chunker seed: 6 seeds in 300 for 3 MiB), and its edit then stores it all again
@@ -358,10 +408,12 @@ def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) ->
         assert cpu | {"seq_write_cpu_s_per_GiB", "seq_read_cold_cpu_s_per_GiB"} <= set(r["fsobj"])
         assert r["fsobj"]["seq_write_cpu_s_per_GiB"] > 0
         assert all(r[name][k] >= 0 for name in ("fsobj", "null") for k in cpu)
+        # the cold-read ceiling: its blobs are sealed, not written through it, and it only reads
+        assert set(r["ceiling"]) == {"seq_read_cold_MiB_s", "seq_read_cold_cpu_s_per_GiB"}
     # cold reads interleaved across the targets, the round's figure their median
     assert len(result["cold_reads"]) == 2
     for r, reads in zip(result["rounds"], result["cold_reads"], strict=True):
-        assert "null" not in reads and {"plain", "fsobj"} <= set(reads)
+        assert "null" not in reads and {"plain", "ceiling", "fsobj"} <= set(reads)
         for name, each in reads.items():
             assert len(each) == 3 and all(v > 0 for v in each)
             assert r[name]["seq_read_cold_MiB_s"] == round(statistics.median(each), 1)
@@ -371,7 +423,8 @@ def test_bench_mount_runs_rounds_on_real_mounts_and_cleans_up(tmp_path: Path) ->
     if shutil.which("gocryptfs"):
         q = result["ratios"]["stat_per_s"]
         assert q["min"] <= q["median"] <= q["max"]
-        assert set(result["binding_ratios"]) == {k for k in result["mount"]["null"] if k.endswith("_per_s")}
+        binding = {k for k in result["mount"]["null"] if k.endswith("_per_s")} | {"seq_read_cold_MiB_s"}
+        assert set(result["binding_ratios"]) == binding  # null's small files, the ceiling's cold read
         assert "seq_write_cpu_s_per_GiB" in result["mount"]["gocryptfs"]  # its daemon was found
         assert {t["figure"] for t in result["mount_targets"]} >= {"mount.seq_write_MiB_s vs gocryptfs"}
     assert list(tmp_path.iterdir()) == [], "bench cleans up its scratch directory"

@@ -1,0 +1,287 @@
+"""The least work a cold read of fsobj's format can take on the daemon's binding
+(pyfuse3 on trio): the benchmark's ceiling for a cold sequential read.
+
+Owns nothing of the store. ``python -m fsobj.bench_ceiling make SRC DIR`` cuts
+SRC into chunks of ``CHUNK`` bytes and seals each one as the store seals a chunk
+(``fsobj.crypto``: a blob envelope, AES-256-GCM under a random epoch key, bound
+to the chunk's id, the keyed BLAKE3 of its plaintext), one file per chunk.
+``python -m fsobj.bench_ceiling mount DIR MOUNTPOINT`` serves them read-only as
+the one file ``big.bin``, and does for each chunk only what every cold read
+must: read the blob, decrypt it and check it against its id (a mismatch is
+``EIO``, never data). It does nothing else the daemon does (no index, no
+header, no history, no staging, fixed-size chunks, no locks), and it does that
+the cheapest way found: ``READ_AHEAD`` chunks fetched ahead on one worker
+thread per core, each decrypted straight into its slot of one arena, so that a
+reply across two chunks is a slice of it (never joined, never allocated). The
+mount takes the daemon's kernel read-ahead (1 MiB requests) and request loop
+(``fsobj.fs.loop``).
+
+``fsobj bench --mount`` runs it as the target ``ceiling``, with the cold reads
+only: no daemon that checks every chunk as fsobj does can read faster on that
+machine, whatever it is written in on top of pyfuse3. Arena slots follow the
+reads, so it is meant for one sequential reader (``cat``); a read elsewhere
+waits for the slot it needs. Not for data: the epoch key lies in DIR.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from fsobj.crypto import ENVELOPE_OVERHEAD, KIND_CHUNK, EpochKeys, open_blob_into, seal_blob_parts
+from fsobj.errors import IntegrityError
+from fsobj.fs import loop
+from fsobj.fs.daemon import DEFAULT_READ_AHEAD_KB, set_read_ahead
+
+CHUNK = 1024 * 1024  # bytes of plaintext per chunk (fsobj's chunks are cut by content, 1 MiB on average or less)
+READ_AHEAD = 8  # chunks fetched ahead of the reader, as fsobj.fs.reader does
+PREFETCH = 8  # chunk files hinted to the kernel further ahead of each fetch
+SLOTS = 2 * READ_AHEAD  # arena slots of CHUNK bytes
+NAME = b"big.bin"
+FILE_INODE = pyfuse3.ROOT_INODE + 1
+PARTITION = bytes(32)  # the partition id every envelope is bound to
+
+
+def make(src: Path, out: Path) -> int:
+    """Seal ``src`` into ``out`` (chunks/NNNNNNNN, ids, key, size); the number of chunks."""
+    epoch_key = os.urandom(32)
+    keys = EpochKeys.from_epoch_key(1, epoch_key)
+    (out / "chunks").mkdir(parents=True)
+    ids = []
+    size = 0
+    with open(src, "rb") as f:
+        while block := f.read(CHUNK):
+            blob_id = keys.chunk_id(block)
+            with open(out / "chunks" / f"{len(ids):08d}", "wb") as g:
+                g.writelines(seal_blob_parts(KIND_CHUNK, keys, PARTITION, blob_id, block))
+            ids.append(blob_id)
+            size += len(block)
+    (out / "ids").write_bytes(b"".join(ids))
+    (out / "key").write_bytes(epoch_key)
+    (out / "size").write_text(f"{size}\n")
+    return len(ids)
+
+
+@dataclass
+class Slot:
+    """One arena slot: which chunk it holds, whether that chunk is ready, and how
+    many reads still need it (the slot is not given to another chunk before none do)."""
+
+    chunk: int
+    ready: trio.Event = field(default_factory=trio.Event)
+    error: int = 0
+    pins: int = 0
+    done: bool = False  # its fetch has ended (ready, or failed)
+
+
+class CeilingOps(pyfuse3.Operations):
+    """A read-only directory with one file, read chunk by chunk from sealed blobs."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
+        self.keys = EpochKeys.from_epoch_key(1, (base / "key").read_bytes())
+        raw = (base / "ids").read_bytes()
+        self.ids = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        self.size = int((base / "size").read_text())
+        self.arena = bytearray(SLOTS * CHUNK)
+        self.slots: dict[int, Slot] = {}  # slot index -> its chunk
+        self.evictable: set[int] = set()  # chunks whose slot may go once nothing pins them
+        self.freed = trio.Event()  # set (and replaced) whenever a slot is given up
+        self.limiter = trio.CapacityLimiter(os.cpu_count() or 1)
+        self.local = threading.local()  # each worker thread's blob buffer
+        self.nursery: trio.Nursery | None = None
+        self.on_first_request: list[str] = []  # the mount point, until the read-ahead is set
+
+    # ------------------------------------------------------------ chunks
+    def _path(self, i: int) -> str:
+        return os.fspath(self.base / "chunks" / f"{i:08d}")
+
+    def _load(self, i: int) -> None:
+        """On a worker thread: chunk ``i`` into its slot, checked; IntegrityError if it does not verify."""
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = bytearray(CHUNK + ENVELOPE_OVERHEAD)
+        ahead = i + PREFETCH
+        if ahead < len(self.ids):
+            fd = os.open(self._path(ahead), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        fd = os.open(self._path(i), os.O_RDONLY)
+        try:
+            n = os.readv(fd, [buf])
+        finally:
+            os.close(fd)
+        start = (i % SLOTS) * CHUNK
+        length = min(CHUNK, self.size - i * CHUNK)
+        out = memoryview(self.arena)[start : start + length]
+        open_blob_into(memoryview(buf)[:n], KIND_CHUNK, self.keys, PARTITION, self.ids[i], out)
+        if self.keys.chunk_id(out) != self.ids[i]:
+            raise IntegrityError(f"chunk {i} does not match its id")
+
+    async def _fetch(self, slot: Slot) -> None:
+        try:
+            await trio.to_thread.run_sync(self._load, slot.chunk, limiter=self.limiter)
+        except (OSError, IntegrityError):
+            slot.error = errno.EIO
+        finally:
+            slot.done = True
+            slot.ready.set()
+            self._maybe_free(slot.chunk % SLOTS)
+
+    def _start(self, i: int) -> Slot | None:
+        """Chunk ``i``'s slot, its fetch started if it was free; None if another chunk holds it."""
+        s = self.slots.get(i % SLOTS)
+        if s is not None:
+            return s if s.chunk == i else None
+        s = self.slots[i % SLOTS] = Slot(i)
+        assert self.nursery is not None
+        self.nursery.start_soon(self._fetch, s)
+        return s
+
+    def _maybe_free(self, index: int) -> None:
+        s = self.slots.get(index)
+        if s is not None and s.done and s.pins == 0 and s.chunk in self.evictable:
+            del self.slots[index]
+            self.evictable.discard(s.chunk)
+            self.freed.set()
+            self.freed = trio.Event()
+
+    async def _chunk(self, i: int) -> Slot:
+        """Chunk ``i``, ready and pinned: a later chunk may take its slot only after ``unpin``."""
+        while True:
+            s = self._start(i)
+            if s is not None:
+                break
+            other = self.slots[i % SLOTS]
+            self.evictable.add(other.chunk)  # someone needs the slot: let it go once nobody uses it
+            self._maybe_free(i % SLOTS)
+            if (i % SLOTS) in self.slots:
+                await self.freed.wait()
+        s.pins += 1
+        await s.ready.wait()
+        return s
+
+    def _unpin(self, s: Slot, consumed: bool) -> None:
+        s.pins -= 1
+        if consumed or s.error:
+            self.evictable.add(s.chunk)
+        self._maybe_free(s.chunk % SLOTS)
+
+    # ------------------------------------------------------------ requests
+    def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode
+        e.entry_timeout = e.attr_timeout = 300
+        e.st_uid, e.st_gid = os.getuid(), os.getgid()
+        if inode == pyfuse3.ROOT_INODE:
+            e.st_mode, e.st_nlink = stat.S_IFDIR | 0o555, 2
+        else:
+            e.st_mode, e.st_nlink, e.st_size = stat.S_IFREG | 0o444, 1, self.size
+            e.st_blocks = (self.size + 511) // 512
+        return e
+
+    def _first_request(self) -> None:
+        if self.on_first_request:  # INIT is answered: the kernel now keeps what we set
+            set_read_ahead(Path(self.on_first_request.pop()), DEFAULT_READ_AHEAD_KB)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._first_request()
+        if inode not in (pyfuse3.ROOT_INODE, FILE_INODE):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(inode)
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._first_request()
+        if parent_inode != pyfuse3.ROOT_INODE or name != NAME:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(FILE_INODE)
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if start_id == 0:
+            pyfuse3.readdir_reply(token, NAME, self._attr(FILE_INODE), 1)
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        first, last = off // CHUNK, (end - 1) // CHUNK
+        for j in range(first, min(last + READ_AHEAD + 1, len(self.ids))):
+            self._start(j)  # read-ahead where the slot is free
+        got: list[Slot] = []
+        try:
+            for i in range(first, last + 1):
+                got.append(await self._chunk(i))
+            if any(s.error for s in got):
+                raise pyfuse3.FUSEError(errno.EIO)
+            a = (first % SLOTS) * CHUNK + off - first * CHUNK
+            if (last % SLOTS) >= (first % SLOTS):  # side by side in the arena: one slice
+                return memoryview(self.arena)[a : a + end - off]
+            head = memoryview(self.arena)[a : (first % SLOTS + 1) * CHUNK]
+            return bytes(head) + memoryview(self.arena)[: end - off - len(head)]  # across the arena's end
+        finally:
+            for s in got:  # pyfuse3 copies the reply before any other task runs
+                self._unpin(s, consumed=end >= min((s.chunk + 1) * CHUNK, self.size))
+
+
+async def _serve(ops: CeilingOps) -> None:
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(stop_on_signal)
+        loop.install()
+        try:
+            await pyfuse3.main()
+        finally:
+            loop.uninstall()
+        nursery.cancel_scope.cancel()
+
+
+USAGE = "usage: python -m fsobj.bench_ceiling make SRC DIR | mount DIR MOUNTPOINT"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] not in ("make", "mount"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] == "make":
+        make(Path(argv[1]), Path(argv[2]))
+        return 0
+    ops = CeilingOps(Path(argv[1]))
+    ops.on_first_request.append(os.path.abspath(argv[2]))
+    opts = set(pyfuse3.default_options) | {"fsname=fsobj-ceiling", "default_permissions", "ro"}
+    pyfuse3.init(ops, argv[2], opts)
+    try:
+        trio.run(_serve, ops)
+    finally:
+        pyfuse3.close(unmount=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
