@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
 import sys
 import threading
@@ -37,6 +36,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from fsobj.bench_null import serve
 from fsobj.crypto import ENVELOPE_OVERHEAD, KIND_CHUNK, EpochKeys, open_blob_into, seal_blob_parts
 from fsobj.errors import IntegrityError
 from fsobj.fs import loop
@@ -221,6 +221,10 @@ class CeilingOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        # as the daemon's handlers run: one that waits lets a spare task read the next request
+        return await loop.watched(self._read(off, size))
+
+    async def _read(self, off: int, size: int) -> bytes | memoryview:
         end = min(off + size, self.size)
         if off >= end:
             return b""
@@ -243,25 +247,6 @@ class CeilingOps(pyfuse3.Operations):
                 self._unpin(s, consumed=end >= min((s.chunk + 1) * CHUNK, self.size))
 
 
-async def _serve(ops: CeilingOps) -> None:
-    async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
-
-        async def stop_on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(stop_on_signal)
-        loop.install()
-        try:
-            await pyfuse3.main()
-        finally:
-            loop.uninstall()
-        nursery.cancel_scope.cancel()
-
-
 USAGE = "usage: python -m fsobj.bench_ceiling make SRC DIR | mount DIR MOUNTPOINT"
 
 
@@ -277,7 +262,7 @@ def main(argv: list[str]) -> int:
     opts = set(pyfuse3.default_options) | {"fsname=fsobj-ceiling", "default_permissions", "ro"}
     pyfuse3.init(ops, argv[2], opts)
     try:
-        trio.run(_serve, ops)
+        trio.run(serve, lambda nursery: setattr(ops, "nursery", nursery))
     finally:
         pyfuse3.close(unmount=True)
     return 0

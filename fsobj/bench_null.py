@@ -20,6 +20,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -203,7 +204,10 @@ class NullOps(pyfuse3.Operations):
                 self._drop(self.nodes[fh])
 
 
-async def _serve() -> None:
+async def serve(with_nursery: Callable[[trio.Nursery], None] | None = None) -> None:
+    """Run the initialised pyfuse3 session on the daemon's request loop (so that a
+    bench filesystem stays the daemon's ceiling) until unmounted, SIGTERM or SIGINT;
+    ``with_nursery`` gets the nursery its background tasks may run in."""
     async with trio.open_nursery() as nursery:
 
         async def stop_on_signal() -> None:
@@ -213,8 +217,13 @@ async def _serve() -> None:
                     return
 
         nursery.start_soon(stop_on_signal)
-        loop.install()  # the daemon's request loop, so that this stays its ceiling
-        await pyfuse3.main()
+        if with_nursery is not None:
+            with_nursery(nursery)
+        loop.install()
+        try:
+            await pyfuse3.main()
+        finally:
+            loop.uninstall()
         nursery.cancel_scope.cancel()
 
 
@@ -225,7 +234,7 @@ def main(argv: list[str]) -> int:
     opts = set(pyfuse3.default_options) | {"fsname=fsobj-null", "default_permissions"}
     pyfuse3.init(NullOps(), argv[0], opts)
     try:
-        trio.run(_serve)
+        trio.run(serve)
     finally:
         pyfuse3.close(unmount=True)
     return 0
