@@ -14,7 +14,8 @@ the cheapest way found: ``READ_AHEAD`` chunks fetched ahead on one worker
 thread per core, each decrypted straight into its slot of one arena, so that a
 reply across two chunks is a slice of it (never joined, never allocated). The
 mount takes the daemon's kernel read-ahead (1 MiB requests) and request loop
-(``fsobj.fs.loop``).
+(``fsobj.fs.loop``), and awaits its fetches as the daemon's reader does
+(futures of a thread pool, ``fsobj.fs.reader.wait_future``).
 
 ``fsobj bench --mount`` runs it as the target ``ceiling``, with the cold reads
 only: no daemon that checks every chunk as fsobj does can read faster on that
@@ -25,12 +26,14 @@ waits for the slot it needs. Not for data: the epoch key lies in DIR.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import sys
 import threading
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -38,9 +41,10 @@ import trio
 
 from fsobj.bench_null import serve
 from fsobj.crypto import ENVELOPE_OVERHEAD, KIND_CHUNK, EpochKeys, open_blob_into, seal_blob_parts
-from fsobj.errors import IntegrityError
+from fsobj.errors import FsobjError, IntegrityError
 from fsobj.fs import loop
 from fsobj.fs.daemon import DEFAULT_READ_AHEAD_KB, set_read_ahead
+from fsobj.fs.reader import wait_future
 
 CHUNK = 1024 * 1024  # bytes of plaintext per chunk (fsobj's chunks are cut by content, 1 MiB on average or less)
 READ_AHEAD = 8  # chunks fetched ahead of the reader, as fsobj.fs.reader does
@@ -73,14 +77,14 @@ def make(src: Path, out: Path) -> int:
 
 @dataclass
 class Slot:
-    """One arena slot: which chunk it holds, whether that chunk is ready, and how
-    many reads still need it (the slot is not given to another chunk before none do)."""
+    """One arena slot: the chunk it holds, its fetch, and how many reads use it. It goes
+    to another chunk only once its fetch has ended, no read pins it, and it is ``gone``
+    (read to its end, failed, or wanted by another chunk)."""
 
     chunk: int
-    ready: trio.Event = field(default_factory=trio.Event)
-    error: int = 0
+    fetch: Future[None]
     pins: int = 0
-    done: bool = False  # its fetch has ended (ready, or failed)
+    gone: bool = False
 
 
 class CeilingOps(pyfuse3.Operations):
@@ -94,12 +98,11 @@ class CeilingOps(pyfuse3.Operations):
         self.ids = [raw[i : i + 32] for i in range(0, len(raw), 32)]
         self.size = int((base / "size").read_text())
         self.arena = bytearray(SLOTS * CHUNK)
-        self.slots: dict[int, Slot] = {}  # slot index -> its chunk
-        self.evictable: set[int] = set()  # chunks whose slot may go once nothing pins them
+        self.slots: dict[int, Slot] = {}  # slot index -> the chunk in it
         self.freed = trio.Event()  # set (and replaced) whenever a slot is given up
-        self.limiter = trio.CapacityLimiter(os.cpu_count() or 1)
+        # fetches go straight to a pool and are awaited as futures, as fsobj.fs.reader does
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ceiling")
         self.local = threading.local()  # each worker thread's blob buffer
-        self.nursery: trio.Nursery | None = None
         self.on_first_request: list[str] = []  # the mount point, until the read-ahead is set
 
     # ------------------------------------------------------------ chunks
@@ -130,54 +133,35 @@ class CeilingOps(pyfuse3.Operations):
         if self.keys.chunk_id(out) != self.ids[i]:
             raise IntegrityError(f"chunk {i} does not match its id")
 
-    async def _fetch(self, slot: Slot) -> None:
-        try:
-            await trio.to_thread.run_sync(self._load, slot.chunk, limiter=self.limiter)
-        except (OSError, IntegrityError):
-            slot.error = errno.EIO
-        finally:
-            slot.done = True
-            slot.ready.set()
-            self._maybe_free(slot.chunk % SLOTS)
-
     def _start(self, i: int) -> Slot | None:
-        """Chunk ``i``'s slot, its fetch started if it was free; None if another chunk holds it."""
+        """Chunk ``i``'s slot, its fetch started if the slot was free; None if another chunk holds it."""
         s = self.slots.get(i % SLOTS)
         if s is not None:
             return s if s.chunk == i else None
-        s = self.slots[i % SLOTS] = Slot(i)
-        assert self.nursery is not None
-        self.nursery.start_soon(self._fetch, s)
+        s = self.slots[i % SLOTS] = Slot(i, self.pool.submit(self._load, i))
         return s
 
-    def _maybe_free(self, index: int) -> None:
-        s = self.slots.get(index)
-        if s is not None and s.done and s.pins == 0 and s.chunk in self.evictable:
-            del self.slots[index]
-            self.evictable.discard(s.chunk)
+    def _free(self, s: Slot) -> None:
+        if s.gone and s.pins == 0 and s.fetch.done() and self.slots.get(s.chunk % SLOTS) is s:
+            del self.slots[s.chunk % SLOTS]
             self.freed.set()
             self.freed = trio.Event()
 
     async def _chunk(self, i: int) -> Slot:
-        """Chunk ``i``, ready and pinned: a later chunk may take its slot only after ``unpin``."""
-        while True:
-            s = self._start(i)
-            if s is not None:
-                break
+        """Chunk ``i``'s slot, pinned (the caller unpins it), its fetch ended."""
+        while (s := self._start(i)) is None:
             other = self.slots[i % SLOTS]
-            self.evictable.add(other.chunk)  # someone needs the slot: let it go once nobody uses it
-            self._maybe_free(i % SLOTS)
-            if (i % SLOTS) in self.slots:
+            other.gone = True  # wanted by another chunk: it goes once nothing uses it
+            if not other.fetch.done():
+                with contextlib.suppress(OSError, FsobjError):
+                    await wait_future(other.fetch)
+            self._free(other)
+            if self.slots.get(i % SLOTS) is other:
                 await self.freed.wait()
         s.pins += 1
-        await s.ready.wait()
+        with contextlib.suppress(OSError, FsobjError):  # the caller asks the fetch for its outcome
+            await wait_future(s.fetch)
         return s
-
-    def _unpin(self, s: Slot, consumed: bool) -> None:
-        s.pins -= 1
-        if consumed or s.error:
-            self.evictable.add(s.chunk)
-        self._maybe_free(s.chunk % SLOTS)
 
     # ------------------------------------------------------------ requests
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
@@ -234,9 +218,11 @@ class CeilingOps(pyfuse3.Operations):
         got: list[Slot] = []
         try:
             for i in range(first, last + 1):
-                got.append(await self._chunk(i))
-            if any(s.error for s in got):
-                raise pyfuse3.FUSEError(errno.EIO)
+                s = await self._chunk(i)
+                got.append(s)
+                if s.fetch.exception() is not None:  # unreadable, or not what its id says
+                    s.gone = True
+                    raise pyfuse3.FUSEError(errno.EIO)
             a = (first % SLOTS) * CHUNK + off - first * CHUNK
             if (last % SLOTS) >= (first % SLOTS):  # side by side in the arena: one slice
                 return memoryview(self.arena)[a : a + end - off]
@@ -244,7 +230,9 @@ class CeilingOps(pyfuse3.Operations):
             return bytes(head) + memoryview(self.arena)[: end - off - len(head)]  # across the arena's end
         finally:
             for s in got:  # pyfuse3 copies the reply before any other task runs
-                self._unpin(s, consumed=end >= min((s.chunk + 1) * CHUNK, self.size))
+                s.pins -= 1
+                s.gone = s.gone or end >= min((s.chunk + 1) * CHUNK, self.size)  # read to its end
+                self._free(s)
 
 
 USAGE = "usage: python -m fsobj.bench_ceiling make SRC DIR | mount DIR MOUNTPOINT"
@@ -262,9 +250,10 @@ def main(argv: list[str]) -> int:
     opts = set(pyfuse3.default_options) | {"fsname=fsobj-ceiling", "default_permissions", "ro"}
     pyfuse3.init(ops, argv[2], opts)
     try:
-        trio.run(serve, lambda nursery: setattr(ops, "nursery", nursery))
+        trio.run(serve)
     finally:
         pyfuse3.close(unmount=True)
+        ops.pool.shutdown(wait=True, cancel_futures=True)
     return 0
 
 

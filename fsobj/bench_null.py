@@ -20,7 +20,6 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -204,10 +203,9 @@ class NullOps(pyfuse3.Operations):
                 self._drop(self.nodes[fh])
 
 
-async def serve(with_nursery: Callable[[trio.Nursery], None] | None = None) -> None:
+async def serve() -> None:
     """Run the initialised pyfuse3 session on the daemon's request loop (so that a
-    bench filesystem stays the daemon's ceiling) until unmounted, SIGTERM or SIGINT;
-    ``with_nursery`` gets the nursery its background tasks may run in."""
+    bench filesystem stays the daemon's ceiling) until unmounted, SIGTERM or SIGINT."""
     async with trio.open_nursery() as nursery:
 
         async def stop_on_signal() -> None:
@@ -217,8 +215,6 @@ async def serve(with_nursery: Callable[[trio.Nursery], None] | None = None) -> N
                     return
 
         nursery.start_soon(stop_on_signal)
-        if with_nursery is not None:
-            with_nursery(nursery)
         loop.install()
         try:
             await pyfuse3.main()
