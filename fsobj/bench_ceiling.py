@@ -18,8 +18,9 @@ mount takes the daemon's kernel read-ahead (1 MiB requests) and request loop
 (futures of a thread pool, ``fsobj.fs.reader.wait_future``).
 
 ``fsobj bench --mount`` runs it as the target ``ceiling``, with the cold reads
-only: no daemon that checks every chunk as fsobj does can read faster on that
-machine, whatever it is written in on top of pyfuse3. Arena slots follow the
+only: the rate a daemon on pyfuse3 that checks every chunk as fsobj does reaches
+on that machine when it does nothing else, done the cheapest way found so far
+(docs/mount.md, "The ceiling, measured"). Arena slots follow the
 reads, so it is meant for one sequential reader (``cat``); a read elsewhere
 waits for the slot it needs. Not for data: the epoch key lies in DIR.
 """
@@ -44,11 +45,10 @@ from fsobj.crypto import ENVELOPE_OVERHEAD, KIND_CHUNK, EpochKeys, open_blob_int
 from fsobj.errors import FsobjError, IntegrityError
 from fsobj.fs import loop
 from fsobj.fs.daemon import DEFAULT_READ_AHEAD_KB, set_read_ahead
-from fsobj.fs.reader import wait_future
+from fsobj.fs.reader import READ_AHEAD, wait_future  # chunks fetched ahead, as the reader does
+from fsobj.store.payload import PREFETCH  # blobs hinted to the kernel further ahead of each fetch
 
 CHUNK = 1024 * 1024  # bytes of plaintext per chunk (fsobj's chunks are cut by content, 1 MiB on average or less)
-READ_AHEAD = 8  # chunks fetched ahead of the reader, as fsobj.fs.reader does
-PREFETCH = 8  # chunk files hinted to the kernel further ahead of each fetch
 SLOTS = 2 * READ_AHEAD  # arena slots of CHUNK bytes
 NAME = b"big.bin"
 FILE_INODE = pyfuse3.ROOT_INODE + 1
