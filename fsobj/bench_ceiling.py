@@ -103,7 +103,7 @@ class CeilingOps(pyfuse3.Operations):
         # fetches go straight to a pool and are awaited as futures, as fsobj.fs.reader does
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ceiling")
         self.local = threading.local()  # each worker thread's blob buffer
-        self.on_first_request: list[str] = []  # the mount point, until the read-ahead is set
+        self.pending_read_ahead: str | None = None  # the mount point, until its read-ahead is set
 
     # ------------------------------------------------------------ chunks
     def _path(self, i: int) -> str:
@@ -177,8 +177,9 @@ class CeilingOps(pyfuse3.Operations):
         return e
 
     def _first_request(self) -> None:
-        if self.on_first_request:  # INIT is answered: the kernel now keeps what we set
-            set_read_ahead(Path(self.on_first_request.pop()), DEFAULT_READ_AHEAD_KB)
+        if self.pending_read_ahead is not None:  # INIT is answered: the kernel now keeps what we set
+            set_read_ahead(Path(self.pending_read_ahead), DEFAULT_READ_AHEAD_KB)
+            self.pending_read_ahead = None
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._first_request()
@@ -246,7 +247,7 @@ def main(argv: list[str]) -> int:
         make(Path(argv[1]), Path(argv[2]))
         return 0
     ops = CeilingOps(Path(argv[1]))
-    ops.on_first_request.append(os.path.abspath(argv[2]))
+    ops.pending_read_ahead = os.path.abspath(argv[2])
     opts = set(pyfuse3.default_options) | {"fsname=fsobj-ceiling", "default_permissions", "ro"}
     pyfuse3.init(ops, argv[2], opts)
     try:
